@@ -1,0 +1,80 @@
+"""data_gen: new prompts from M(k-1) (self-instruct), then N sampled responses per prompt."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from data_gen.prompts import synthesize
+from selfreward import artifacts, engine as engines
+from selfreward.config import Config
+from selfreward.engine import Request, Sampling, seed_for
+from selfreward.records import read_jsonl, run_sharded, write_jsonl
+
+
+def stage_config(cfg: Config, iter_dir: Path) -> dict:
+    dg = cfg.data_gen.model_dump(mode="json")
+    dg["seeds"] = artifacts.file_digest(cfg.data_gen.seeds)
+    dg.pop("shard_size")  # shard size changes where work is cut, not what is produced
+    return {"data_gen": dg, "model": {"ref": cfg.model.ref, "dtype": cfg.model.dtype, "engine": cfg.model.engine},
+            "seed": cfg.run.seed, "lineage": artifacts.lineage(iter_dir)}
+
+
+def _earlier_prompts(iter_dir: Path) -> list[str]:
+    """Instructions of earlier iterations: new prompts must not repeat them."""
+    k = int(iter_dir.name.split("_")[1])
+    texts = []
+    for j in range(1, k):
+        path = artifacts.iteration_dir(iter_dir.parent, j) / "data_gen" / "prompts.jsonl"
+        if path.exists():
+            texts += [r["instruction"] for r in read_jsonl(path)]
+    return texts
+
+
+def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
+    out_dir = iter_dir / "data_gen"
+    config = stage_config(cfg, iter_dir)
+    done = artifacts.existing(out_dir, config, force)
+    if done:
+        return done
+    started = time.time()
+    k = int(iter_dir.name.split("_")[1])
+    adapter = artifacts.parent_adapter(iter_dir)
+    engine = engines.for_config(cfg)
+    seeds = read_jsonl(cfg.data_gen.seeds)
+    seen = [s["instruction"] for s in seeds] + _earlier_prompts(iter_dir)
+    prompts, pstats = synthesize(engine, cfg, k, seeds, seen, adapter, out_dir / "shards", run_sharded)
+    if not prompts:
+        raise RuntimeError(f"iteration {k}: no synthesised instruction passed the filters "
+                           f"({pstats['candidates']} candidates, rejected: {pstats['rejected']})")
+    write_jsonl(out_dir / "prompts.jsonl", prompts)
+
+    dg = cfg.data_gen
+    sampling = Sampling(temperature=dg.temperature, top_p=dg.top_p, max_tokens=dg.max_tokens)
+    slots = [(p, s) for p in prompts for s in range(dg.n_responses)]
+
+    def work(chunk):
+        reqs = [Request([{"role": "user", "content": p["instruction"]}], seed_for(cfg.run.seed, k, "response",
+                                                                                  p["id"], s), adapter)
+                for p, s in chunk]
+        outs = engine.generate(reqs, sampling)
+        return [{"id": f"{p['id']}-r{s}", "prompt_id": p["id"], "sample": s, "response": o.text,
+                 "n_tokens": o.n_tokens, "finish_reason": o.finish_reason, "seed": r.seed}
+                for (p, s), r, o in zip(chunk, reqs, outs)]
+
+    responses = run_sharded(slots, dg.shard_size, out_dir / "shards", "responses", work,
+                            desc=f"iter {k} responses")
+    write_jsonl(out_dir / "responses.jsonl", responses)
+    n_tok = [r["n_tokens"] for r in responses]
+    metrics = {**{f"prompts_{key}": v for key, v in pstats.items()},
+               "responses": len(responses), "response_tokens_mean": round(sum(n_tok) / len(n_tok), 2),
+               "truncated_rate": round(sum(r["finish_reason"] == "length" for r in responses) / len(responses), 4)}
+    return artifacts.write_manifest(out_dir, "data_gen", config,
+                                    {"prompts": out_dir / "prompts.jsonl", "responses": out_dir / "responses.jsonl"},
+                                    metrics, started)
+
+
+def summary(m: dict) -> str:
+    x = m["metrics"]
+    return (f"data_gen: {x['prompts_accepted']} prompts ({x['prompts_candidates']} candidates, "
+            f"acceptance {x['prompts_acceptance_rate']:.0%}), {x['responses']} responses, "
+            f"{x['response_tokens_mean']:.0f} tokens mean, {x['truncated_rate']:.0%} truncated")

@@ -1,0 +1,279 @@
+"""Recipes: YAML loaded into one pydantic v2 model with unknown keys rejected.
+
+Every field carries a one-line description and a default that is right for the small CPU case. Paths in a
+recipe are relative to the recipe file. Validation never loads a model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A user mistake in a recipe: the message is one line naming the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunCfg(Section):
+    name: str = Field("default", description="Run name: the run directory is <output_dir>/<name>.",
+                      pattern=r"^[A-Za-z0-9._-]+$")
+    output_dir: str = Field("runs", description="Parent directory of run directories (relative to the cwd).")
+    iterations: int = Field(2, ge=1, le=100, description="Number of self-rewarding iterations to run.")
+    seed: int = Field(0, ge=0, description="Seed for sampling, shuffling and LoRA initialisation.")
+    oversight: Literal["auto"] = Field("auto", description="Promotion policy: 'auto' promotes on a passed gate.")
+
+
+class ModelCfg(Section):
+    ref: str = Field("embedded:smollm2-135m-instruct",
+                     description="M0: a hub id, a local directory, or embedded:<name>.")
+    engine: Literal["vllm", "hf"] = Field("vllm", description="Inference engine: vLLM, or transformers generate.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Inference dtype.")
+    max_model_len: int = Field(2048, ge=256, description="Context length the engine reserves KV cache for.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (off by default).")
+    kv_cache_gib: float = Field(2.0, gt=0, description="vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory fraction (CUDA only).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (CUDA only).")
+
+
+class DataGenCfg(Section):
+    seeds: str = Field(str(RECIPES_DIR / "seeds/instructions.jsonl"),
+                       description="JSONL of seed instructions ({'id', 'instruction'}) for few-shot self-instruct.")
+    num_prompts: int = Field(32, ge=1, description="New prompts to synthesise per iteration.")
+    fewshot: int = Field(4, ge=1, le=16, description="Seed examples shown in each self-instruct request.")
+    prompts_per_round: int = Field(64, ge=1, description="Candidate instructions requested per synthesis round.")
+    max_rounds: int = Field(8, ge=1, description="Synthesis rounds before giving up on reaching num_prompts.")
+    prompt_temperature: float = Field(1.0, ge=0, description="Sampling temperature for instruction synthesis.")
+    prompt_max_tokens: int = Field(64, ge=8, description="Token budget of one synthesised instruction.")
+    min_words: int = Field(4, ge=1, description="Shortest accepted instruction, in words.")
+    max_words: int = Field(60, ge=1, description="Longest accepted instruction, in words.")
+    max_similarity: float = Field(0.7, gt=0, le=1,
+                                  description="Reject an instruction whose ROUGE-L F with any seen one reaches this.")
+    banned_words: list[str] = Field(
+        default_factory=lambda: ["image", "images", "picture", "pictures", "photo", "graph", "graphs", "file",
+                                 "files", "map", "maps", "draw", "plot", "video", "audio", "flowchart",
+                                 "diagram", "link", "url", "http"],
+        description="Instructions containing any of these words (case-insensitive) are rejected.")
+    n_responses: int = Field(4, ge=2, description="Candidate responses sampled per prompt (N >= 2).")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature for responses.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling for responses.")
+    max_tokens: int = Field(192, ge=8, description="Token budget of one response.")
+    shard_size: int = Field(32, ge=1, description="Responses per shard; a rerun skips finished shards.")
+
+    @model_validator(mode="after")
+    def _words(self) -> "DataGenCfg":
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must not exceed max_words")
+        return self
+
+
+class JudgeCfg(Section):
+    constitution: str = Field(str(RECIPES_DIR / "constitutions/default.md"),
+                              description="Judge rubric with {instruction} and {response} placeholders.")
+    num_judgments: int = Field(1, ge=1, description="Judgments sampled per response; valid scores are averaged.")
+    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = greedy).")
+    max_tokens: int = Field(128, ge=8, description="Token budget of one judgment.")
+    pair_strategy: Literal["best_worst"] = Field("best_worst", description="How chosen/rejected are picked.")
+    min_margin: float = Field(0.0, ge=0, description="Minimum chosen-rejected score gap; ties never pair.")
+    shard_size: int = Field(64, ge=1, description="Judgments per shard; a rerun skips finished shards.")
+
+
+class TrainCfg(Section):
+    lineage: Literal["adapter"] = Field("adapter", description="Iteration k's adapter starts from adapter k-1.")
+    beta: float = Field(0.1, gt=0, description="DPO beta (KL strength); must be positive.")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate for the LoRA weights.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the iteration's pairs.")
+    batch_size: int = Field(4, ge=1, description="Per-device train batch size (pairs).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(512, ge=32, description="Max tokens of prompt + completion.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names LoRA adapts.")
+    save_steps: int = Field(20, ge=1, description="Checkpoint every this many optimizer steps (for resume).")
+    dpo_overrides: dict[str, Any] = Field(default_factory=dict,
+                                          description="Extra trl.DPOConfig arguments, validated by TRL.")
+
+
+class EvalCfg(Section):
+    probes: str = Field(str(RECIPES_DIR / "probes/default.jsonl"), description="JSONL probe set ({'id', 'prompt'}).")
+    pairwise_template: str = Field(str(RECIPES_DIR / "templates/pairwise.md"),
+                                   description="Frozen-judge A/B template with {instruction}, {response_a}, {response_b}.")
+    temperature: float = Field(0.7, ge=0, description="Probe sampling temperature (same seeds for both models).")
+    max_tokens: int = Field(192, ge=8, description="Token budget of one probe response.")
+    judge_max_tokens: int = Field(96, ge=8, description="Token budget of one pairwise judgment.")
+    min_win_rate: float = Field(0.5, ge=0, le=1, description="Gate: frozen-M0 both-order win rate at least this.")
+    max_length_ratio: float = Field(2.0, gt=1, description="Gate: candidate/previous mean length at most this.")
+    min_length_ratio: float = Field(0.5, gt=0, lt=1, description="Gate: candidate/previous mean length at least this.")
+    min_distinct2_ratio: float = Field(0.8, gt=0, le=1,
+                                       description="Gate: candidate distinct-2 at least this times previous.")
+    min_parse_rate: float = Field(0.5, ge=0, le=1, description="Gate: candidate-as-judge parse rate at least this.")
+    shard_size: int = Field(64, ge=1, description="Probe generations per shard.")
+
+
+class TrackingCfg(Section):
+    wandb: bool = Field(False, description="Log to Weights & Biases (offline when no API key is set).")
+    project: str = Field("selfreward", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user).")
+
+
+class LaunchCfg(Section):
+    mode: Literal["inprocess", "subprocess"] = Field("inprocess",
+                                                     description="Run stages in this process or one process each.")
+    accelerate_config: str | None = Field(None, description="accelerate config for training (subprocess mode); "
+                                                            "a name in recipes/accelerate/ or a path.")
+    num_processes: int | None = Field(None, ge=1, description="Override the accelerate config's num_processes.")
+
+
+class Config(Section):
+    run: RunCfg = Field(default_factory=RunCfg)
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    data_gen: DataGenCfg = Field(default_factory=DataGenCfg)
+    judge: JudgeCfg = Field(default_factory=JudgeCfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    tracking: TrackingCfg = Field(default_factory=TrackingCfg)
+    launch: LaunchCfg = Field(default_factory=LaunchCfg)
+
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# (section, key) -> how the file must look; checked before any model loads
+PATH_FIELDS = [("data_gen", "seeds"), ("judge", "constitution"), ("eval", "probes"), ("eval", "pairwise_template")]
+
+
+def apply_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise RecipeError(f"override {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {item!r}: {p!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    for section, key in PATH_FIELDS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            data[section][key] = str((base / value).resolve())
+    launch = data.get("launch")
+    if isinstance(launch, dict) and isinstance(launch.get("accelerate_config"), str):
+        name = launch["accelerate_config"]
+        candidate = base / name
+        if not candidate.exists() and not name.endswith((".yaml", ".yml")):
+            candidate = RECIPES_DIR / "accelerate" / f"{name}.yaml"
+        launch["accelerate_config"] = str(candidate.resolve())
+
+
+def _format_error(origin: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",):
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {loc}: {msg}{more}"
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Load, override, validate and check files. Raises RecipeError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections at the top level")
+    for item in overrides:
+        apply_override(data, item)
+    _resolve_paths(data, path.resolve().parent)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_error(str(path), e)) from None
+    check_inputs(cfg, str(path))
+    return cfg
+
+
+def check_inputs(cfg: Config, origin: str) -> None:
+    """Files and model references the recipe names must exist and be usable; nothing is loaded."""
+    from selfreward import models  # light: no torch at import
+
+    for section, key in PATH_FIELDS:
+        p = Path(getattr(getattr(cfg, section), key))
+        if not p.is_file():
+            raise RecipeError(f"{origin}: {section}.{key}: file not found: {p}")
+    seeds = read_jsonl_field(cfg.data_gen.seeds, "instruction", origin, "data_gen.seeds")
+    if len(seeds) < cfg.data_gen.fewshot:
+        raise RecipeError(f"{origin}: data_gen.seeds: {cfg.data_gen.seeds} has {len(seeds)} instructions, "
+                          f"fewer than data_gen.fewshot={cfg.data_gen.fewshot}")
+    read_jsonl_field(cfg.eval.probes, "prompt", origin, "eval.probes")
+    _check_template(cfg.judge.constitution, {"instruction", "response"}, origin, "judge.constitution")
+    _check_template(cfg.eval.pairwise_template, {"instruction", "response_a", "response_b"}, origin,
+                    "eval.pairwise_template")
+    try:
+        models.check_ref(cfg.model.ref)
+    except models.ModelRefError as e:
+        raise RecipeError(f"{origin}: model.ref: {e}") from None
+    if cfg.launch.accelerate_config and not Path(cfg.launch.accelerate_config).is_file():
+        raise RecipeError(f"{origin}: launch.accelerate_config: file not found: {cfg.launch.accelerate_config}")
+
+
+def read_jsonl_field(path: str, field: str, origin: str, key: str) -> list[dict]:
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise RecipeError(f"{origin}: {key}: {path} line {n} is not valid JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
+            raise RecipeError(f"{origin}: {key}: {path} line {n} has no non-empty {field!r} string")
+        rows.append(row)
+    if not rows:
+        raise RecipeError(f"{origin}: {key}: {path} is empty")
+    return rows
+
+
+def _check_template(path: str, names: set[str], origin: str, key: str) -> None:
+    import string
+
+    text = Path(path).read_text()
+    try:
+        found = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as e:
+        raise RecipeError(f"{origin}: {key}: {path}: bad template ({e})") from None
+    if found != names:
+        want = ", ".join("{" + n + "}" for n in sorted(names))
+        raise RecipeError(f"{origin}: {key}: {path} must use exactly the placeholders {want}, found "
+                          f"{sorted(found) or 'none'}")
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def from_run_yaml(path: str | Path) -> Config:
+    return Config.model_validate(yaml.safe_load(Path(path).read_text()))

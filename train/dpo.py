@@ -1,0 +1,108 @@
+"""DPO + LoRA with TRL's DPOTrainer. Reference policy = M(k-1).
+
+Iteration 1 adds a fresh LoRA adapter to M0, and the reference is M0 (adapter disabled). Iteration k > 1
+continues adapter k-1 (lineage `adapter`); TRL then keeps a frozen copy of it as the "ref" adapter, so the
+reference is M(k-1) = M0 + adapter k-1.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+from selfreward import artifacts, models
+from selfreward.config import Config
+
+# keys selfreward sets from its own recipe fields; dpo_overrides may not redefine where artifacts go
+_RESERVED = {"output_dir", "logging_dir"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the adapter is not saved and the iteration is not promoted."""
+
+
+def build_dpo_config(cfg: Config, output_dir: str):
+    """The trl.DPOConfig of a recipe; TRL validates dpo_overrides (unknown or bad values raise)."""
+    import torch
+    from trl import DPOConfig
+
+    t = cfg.train
+    bad = _RESERVED & set(t.dpo_overrides)
+    if bad:
+        raise ValueError(f"{', '.join(sorted(bad))} cannot be overridden (selfreward decides where artifacts go)")
+    cuda = torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=output_dir, beta=t.beta, learning_rate=t.learning_rate, num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        max_length=t.max_length, seed=cfg.run.seed, data_seed=cfg.run.seed, logging_steps=1,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=1, report_to=[],
+        bf16=cuda and torch.cuda.is_bf16_supported(), use_cpu=not cuda, dataloader_num_workers=0,
+        disable_tqdm=False, lr_scheduler_type="cosine", warmup_steps=0,
+    )
+    kwargs.update(t.dpo_overrides)
+    return DPOConfig(**kwargs)
+
+
+def _last_checkpoint(ckpt_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def train(cfg: Config, iter_dir: Path) -> dict:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    out_dir = iter_dir / "train"
+    base = models.resolve(cfg.model.ref)
+    t = cfg.train
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    parent = artifacts.parent_adapter(iter_dir)
+    peft_config = None
+    if parent:
+        model = PeftModel.from_pretrained(model, parent, is_trainable=True)
+    else:
+        peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                                 target_modules=t.lora_target_modules, task_type="CAUSAL_LM")
+    data = load_dataset("json", data_files=str(iter_dir / "judge" / "pairs.jsonl"), split="train")
+    data = data.remove_columns([c for c in data.column_names if c not in ("prompt", "chosen", "rejected")])
+    args = build_dpo_config(cfg, str(out_dir / "checkpoints"))
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         peft_config=peft_config)
+    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out_dir / "checkpoints"))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    losses = [h["loss"] for h in history]
+    if any(not math.isfinite(x) for x in losses):
+        raise TrainingDiverged(f"DPO loss became non-finite at step "
+                               f"{next(h['step'] for h in history if not math.isfinite(h['loss']))}")
+    if trainer.accelerator.is_main_process:
+        tmp = out_dir / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), selected_adapters=["default"])
+        if (out_dir / "adapter").exists():
+            shutil.rmtree(out_dir / "adapter")
+        os.replace(tmp, out_dir / "adapter")
+    trainer.accelerator.wait_for_everyone()
+
+    def last(key):
+        vals = [h[key] for h in history if key in h]
+        return round(vals[-1], 6) if vals else None
+
+    def mean(key):
+        vals = [h[key] for h in history if key in h]
+        return round(sum(vals) / len(vals), 6) if vals else None
+
+    return {"pairs": len(data), "steps": trainer.state.global_step, "loss_first": losses[0] if losses else None,
+            "loss_last": last("loss"), "loss_mean": round(result.training_loss, 6),
+            "reward_accuracy_mean": mean("rewards/accuracies"), "reward_margin_last": last("rewards/margins"),
+            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+            "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 3),
+            "world_size": trainer.accelerator.num_processes, "reference": parent or "M0 (adapter disabled)"}

@@ -1,0 +1,76 @@
+"""train: DPO + LoRA on the iteration's pairs, in this process or through `accelerate launch -m train`."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from selfreward import artifacts
+from selfreward.config import Config
+from selfreward.records import read_json, read_jsonl
+
+
+class NoPairs(RuntimeError):
+    """Zero usable pairs: there is nothing to train on, and the iteration ends without promotion."""
+
+
+def stage_config(cfg: Config, iter_dir: Path) -> dict:
+    t = cfg.train.model_dump(mode="json")
+    t.pop("save_steps")  # where checkpoints are cut does not change the result
+    upstream = read_json(iter_dir / "judge" / "manifest.json")["config_hash"]
+    return {"train": t, "judge": upstream, "seed": cfg.run.seed, "model": cfg.model.ref,
+            "lineage": artifacts.lineage(iter_dir)}
+
+
+def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
+    out_dir = iter_dir / "train"
+    config = stage_config(cfg, iter_dir)
+    done = artifacts.existing(out_dir, config, force)
+    if done:
+        return done
+    if not read_jsonl(iter_dir / "judge" / "pairs.jsonl"):
+        raise NoPairs(f"iteration {iter_dir.name}: zero usable pairs (see {iter_dir / 'judge' / 'stats.json'})")
+    if cfg.launch.mode == "subprocess":
+        _launch(cfg, iter_dir, force)
+        return read_json(out_dir / "manifest.json")
+    return run_local(cfg, iter_dir, config)
+
+
+def run_local(cfg: Config, iter_dir: Path, config: dict | None = None) -> dict:
+    from train.dpo import train
+
+    started = time.time()
+    config = config or stage_config(cfg, iter_dir)
+    metrics = train(cfg, iter_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    return artifacts.write_manifest(iter_dir / "train", "train", config, {"adapter": iter_dir / "train" / "adapter"},
+                                    metrics, started)
+
+
+def launch_command(cfg: Config, iter_dir: Path, force: bool) -> list[str]:
+    stage_args = ["-m", "train", str(iter_dir.parent), str(int(iter_dir.name.split("_")[1]))]
+    stage_args += ["--force"] if force else []
+    if not cfg.launch.accelerate_config:
+        return [sys.executable, *stage_args]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg.launch.accelerate_config]
+    if cfg.launch.num_processes:
+        cmd += ["--num_processes", str(cfg.launch.num_processes)]
+    return cmd + stage_args
+
+
+def _launch(cfg: Config, iter_dir: Path, force: bool) -> None:
+    cmd = launch_command(cfg, iter_dir, force)
+    print("+ " + " ".join(cmd), flush=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0 or not (iter_dir / "train" / "manifest.json").exists():
+        raise RuntimeError(f"training exited with code {rc} ({' '.join(cmd)})")
+
+
+def summary(m: dict) -> str:
+    x = m["metrics"]
+    return (f"train: {x['pairs']} pairs, {x['steps']} steps, loss {x['loss_first']:.4f} -> {x['loss_last']:.4f}, "
+            f"reward accuracy {x['reward_accuracy_mean'] or 0:.2f}, {x['samples_per_s']} samples/s "
+            f"on {x['world_size']} process(es)")
