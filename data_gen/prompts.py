@@ -15,12 +15,13 @@ REQUEST = (
 _PREFIX = re.compile(r"^\s*(?:\**\s*)?(?:new\s+)?(?:task|instruction)\s*\d*\s*[:.\-]\s*", re.IGNORECASE)
 
 
-def build_request(seeds: list[dict], fewshot: int, seed: int, adapter: str | None) -> tuple[Request, list[str]]:
+def build_request(seeds: list[dict], fewshot: int, seed: int, adapter: str | None,
+                  prefill: str = "") -> tuple[Request, list[str]]:
     rng = random.Random(seed)
     shots = rng.sample(seeds, fewshot)
     examples = "\n".join(f"Task: {s['instruction']}" for s in shots)
     msg = [{"role": "user", "content": REQUEST.format(examples=examples)}]
-    return Request(msg, seed=seed, adapter=adapter), [s["id"] for s in shots]
+    return Request(msg, seed=seed, adapter=adapter, prefill=prefill), [s["id"] for s in shots]
 
 
 def clean(text: str) -> str:
@@ -89,10 +90,10 @@ def synthesize(engine, cfg, k: int, seeds: list[dict], seen_texts: list[str], ad
         slots = list(range(dg.prompts_per_round))
 
         def work(chunk, r=r):
-            built = [build_request(seeds, dg.fewshot, seed_for(cfg.run.seed, k, "prompt", r, i), adapter)
-                     for i in chunk]
+            built = [build_request(seeds, dg.fewshot, seed_for(cfg.run.seed, k, "prompt", r, i), adapter,
+                                   dg.prompt_prefill) for i in chunk]
             outs = engine.generate([b[0] for b in built], sampling)
-            return [{"round": r, "slot": i, "raw": o.text, "fewshot_ids": b[1]}
+            return [{"round": r, "slot": i, "raw": dg.prompt_prefill + o.text, "fewshot_ids": b[1]}
                     for i, b, o in zip(chunk, built, outs)]
 
         rows = run_sharded(slots, dg.prompts_per_round, round_dir, f"round{r:03d}", work,

@@ -21,6 +21,7 @@ def _probe_config(cfg: Config) -> dict:
     ev = cfg.eval
     return {"probes": artifacts.file_digest(ev.probes), "temperature": ev.temperature, "max_tokens": ev.max_tokens,
             "constitution": artifacts.file_digest(cfg.judge.constitution), "judge_max_tokens": cfg.judge.max_tokens,
+            "judge_prefill": cfg.judge.prefill,
             "model": {"ref": cfg.model.ref, "dtype": cfg.model.dtype, "engine": cfg.model.engine},
             "seed": cfg.run.seed}
 
@@ -48,9 +49,11 @@ def self_judge(engine, cfg: Config, adapter: str | None, rows: list[dict], shard
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.judge.max_tokens)
 
     def work(chunk):
+        prefill = cfg.judge.prefill
         outs = engine.generate([Request(_user(template.format(instruction=r["prompt"], response=r["response"])),
-                                        0, adapter) for r in chunk], sampling)
-        return [{"id": r["id"], "raw": o.text, "score": parse_score(o.text)} for r, o in zip(chunk, outs)]
+                                        0, adapter, prefill) for r in chunk], sampling)
+        return [{"id": r["id"], "raw": prefill + o.text, "score": parse_score(prefill + o.text)}
+                for r, o in zip(chunk, outs)]
 
     judged = run_sharded(rows, cfg.eval.shard_size, shard_dir, "selfjudge", work, desc=f"{label} self-judge")
     scores = [j["score"] for j in judged if j["score"] is not None]
@@ -103,10 +106,11 @@ def pairwise(engine, cfg: Config, cand: list[dict], prev: list[dict], shard_dir:
         for c, p, order in chunk:
             a, b = (c, p) if order == "AB" else (p, c)
             text = template.format(instruction=c["prompt"], response_a=a["response"], response_b=b["response"])
-            reqs.append(Request(_user(text), 0, None))
+            reqs.append(Request(_user(text), 0, None, cfg.eval.judge_prefill))
         outs = engine.generate(reqs, sampling)
-        return [{"id": c["id"], "order": order, "raw": o.text, "winner": parse_winner(o.text)}
-                for (c, _, order), o in zip(chunk, outs)]
+        raws = [cfg.eval.judge_prefill + o.text for o in outs]
+        return [{"id": c["id"], "order": order, "raw": raw, "winner": parse_winner(raw)}
+                for (c, _, order), raw in zip(chunk, raws)]
 
     judged = run_sharded(slots, cfg.eval.shard_size, shard_dir, "pairwise", work, desc=f"iter {k} win rate")
     by_id: dict[str, dict] = {}

@@ -41,10 +41,10 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
     def work(chunk):
         reqs = [Request([{"role": "user", "content": template.format(instruction=instruction[r["prompt_id"]],
                                                                      response=r["response"])}],
-                        seed_for(cfg.run.seed, k, "judge", r["id"], n), adapter) for r, n in chunk]
+                        seed_for(cfg.run.seed, k, "judge", r["id"], n), adapter, jc.prefill) for r, n in chunk]
         outs = engine.generate(reqs, sampling)
-        return [{"response_id": r["id"], "prompt_id": r["prompt_id"], "judgment": n, "raw": o.text,
-                 "score": parse_score(o.text), "finish_reason": o.finish_reason}
+        return [{"response_id": r["id"], "prompt_id": r["prompt_id"], "judgment": n, "raw": jc.prefill + o.text,
+                 "score": parse_score(jc.prefill + o.text), "finish_reason": o.finish_reason}
                 for (r, n), o in zip(chunk, outs)]
 
     judgments = run_sharded(slots, jc.shard_size, out_dir / "shards", "judgments", work, desc=f"iter {k} judge")

@@ -11,7 +11,7 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the sbatch script requeues the job on this c
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

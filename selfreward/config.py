@@ -39,7 +39,7 @@ class ModelCfg(Section):
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Inference dtype.")
     max_model_len: int = Field(2048, ge=256, description="Context length the engine reserves KV cache for.")
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (off by default).")
-    kv_cache_gib: float = Field(2.0, gt=0, description="vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    kv_cache_gib: int = Field(2, ge=1, description="vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory fraction (CUDA only).")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (CUDA only).")
 
@@ -52,6 +52,7 @@ class DataGenCfg(Section):
     prompts_per_round: int = Field(64, ge=1, description="Candidate instructions requested per synthesis round.")
     max_rounds: int = Field(8, ge=1, description="Synthesis rounds before giving up on reaching num_prompts.")
     prompt_temperature: float = Field(1.0, ge=0, description="Sampling temperature for instruction synthesis.")
+    prompt_prefill: str = Field("Task:", description="Text the synthesis answer starts with (kept in the raw text).")
     prompt_max_tokens: int = Field(64, ge=8, description="Token budget of one synthesised instruction.")
     min_words: int = Field(4, ge=1, description="Shortest accepted instruction, in words.")
     max_words: int = Field(60, ge=1, description="Longest accepted instruction, in words.")
@@ -60,7 +61,7 @@ class DataGenCfg(Section):
     banned_words: list[str] = Field(
         default_factory=lambda: ["image", "images", "picture", "pictures", "photo", "graph", "graphs", "file",
                                  "files", "map", "maps", "draw", "plot", "video", "audio", "flowchart",
-                                 "diagram", "link", "url", "http"],
+                                 "diagram", "link", "url", "http", "task", "tasks", "example", "examples"],
         description="Instructions containing any of these words (case-insensitive) are rejected.")
     n_responses: int = Field(4, ge=2, description="Candidate responses sampled per prompt (N >= 2).")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature for responses.")
@@ -80,7 +81,9 @@ class JudgeCfg(Section):
                               description="Judge rubric with {instruction} and {response} placeholders.")
     num_judgments: int = Field(1, ge=1, description="Judgments sampled per response; valid scores are averaged.")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = greedy).")
-    max_tokens: int = Field(128, ge=8, description="Token budget of one judgment.")
+    max_tokens: int = Field(96, ge=8, description="Token budget of one judgment.")
+    prefill: str = Field("Score:", description="Text each judgment starts with; the rubric asks for the score "
+                                               "first, so small models answer in the parsable format.")
     pair_strategy: Literal["best_worst"] = Field("best_worst", description="How chosen/rejected are picked.")
     min_margin: float = Field(0.0, ge=0, description="Minimum chosen-rejected score gap; ties never pair.")
     shard_size: int = Field(64, ge=1, description="Judgments per shard; a rerun skips finished shards.")
@@ -111,7 +114,8 @@ class EvalCfg(Section):
                                    description="Frozen-judge A/B template with {instruction}, {response_a}, {response_b}.")
     temperature: float = Field(0.7, ge=0, description="Probe sampling temperature (same seeds for both models).")
     max_tokens: int = Field(192, ge=8, description="Token budget of one probe response.")
-    judge_max_tokens: int = Field(96, ge=8, description="Token budget of one pairwise judgment.")
+    judge_max_tokens: int = Field(64, ge=8, description="Token budget of one pairwise judgment.")
+    judge_prefill: str = Field("Winner:", description="Text each pairwise judgment starts with.")
     min_win_rate: float = Field(0.5, ge=0, le=1, description="Gate: frozen-M0 both-order win rate at least this.")
     max_length_ratio: float = Field(2.0, gt=1, description="Gate: candidate/previous mean length at most this.")
     min_length_ratio: float = Field(0.5, gt=0, lt=1, description="Gate: candidate/previous mean length at least this.")

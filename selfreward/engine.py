@@ -16,6 +16,7 @@ class Request:
     messages: list[dict]
     seed: int = 0
     adapter: str | None = None  # path of a PEFT LoRA adapter directory, or None for the base model
+    prefill: str = ""  # text the assistant turn starts with; the completion continues it (and excludes it)
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,13 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                        trust_remote_code=cfg.trust_remote_code, enable_lora=True, max_lora_rank=max_lora_rank,
                        max_loras=2, seed=0, tensor_parallel_size=cfg.tensor_parallel_size,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, enable_prefix_caching=False)
+                       gpu_memory_utilization=cfg.gpu_memory_utilization, enable_prefix_caching=False,
+                       # a chunked prefill of a seeded request rewinds its generator's offset, which CPU
+                       # generators cannot do ("CPU Generator does not use offset"); whole prefills avoid it
+                       enable_chunked_prefill=False, max_num_batched_tokens=max(8192, cfg.max_model_len))
         self.tokenizer = self.llm.get_tokenizer()
         self._adapters = _AdapterIds()
+        self.model_path, self.cfg, self._scorer = model_path, cfg, None
 
     def _lora(self, path: str | None):
         if path is None:
@@ -80,30 +85,21 @@ class VLLMEngine:
             return []
         params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, seed=r.seed) for r in requests]
-        outputs = self.llm.generate([self._prompt(r.messages) for r in requests], params, use_tqdm=False,
+        outputs = self.llm.generate([self._prompt(r.messages) + r.prefill for r in requests], params, use_tqdm=False,
                                     lora_request=[self._lora(r.adapter) for r in requests])
         return [Completion(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason or "")
                 for o in outputs]
 
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
-        """Log-probability of each completion token under the requested model (teacher forcing)."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        """Log-probability of each completion token under the requested model (teacher forcing).
 
-        prompts, starts = [], []
-        for r in requests:
-            head = self.tokenizer(self._prompt(r.messages), add_special_tokens=False)["input_ids"]
-            tail = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"]
-            prompts.append(TokensPrompt(prompt_token_ids=head + tail))
-            starts.append(len(head))
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False,
-                                    lora_request=[self._lora(r.adapter) for r in requests])
-        result = []
-        for o, start in zip(outputs, starts):
-            ids = o.prompt_token_ids
-            result.append([o.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))])
-        return result
+        vLLM computes prompt_logprobs with the LoRA mapping of sampling, which breaks (or silently drops the
+        adapter) when a LoRA request asks for them (vllm-project/vllm#29955, #16668, #51594). Scoring is
+        therefore done by transformers + PEFT on the same checkpoint, loaded on first use.
+        """
+        if self._scorer is None:
+            self._scorer = HFEngine(self.model_path, self.cfg)
+        return self._scorer.score(requests)
 
 
 class HFEngine:
@@ -149,8 +145,8 @@ class HFEngine:
 
         out = []
         for r in requests:
-            ids = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True)
+            text = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(text + r.prefill, add_special_tokens=False, return_tensors="pt")
             torch.manual_seed(r.seed)
             kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id)
             if sampling.temperature > 0:

@@ -8,15 +8,15 @@ _WINNER = re.compile(r"winner\s*[:=]\s*\**\s*(?:response\s*)?\(?([AB])\b", re.IG
 
 
 def parse_score(text: str, lo: int = 0, hi: int = 5) -> float | None:
-    """The score of the last 'Score: N' in the text (N in [lo, hi]), or None if there is none."""
-    matches = _SCORE.findall(text)
-    if not matches:
+    """The first 'Score: N' in the text (the rubric asks for the score first), N in [lo, hi]; else None."""
+    match = _SCORE.search(text)
+    if not match:
         return None
-    value = float(matches[-1])
+    value = float(match.group(1))
     return value if lo <= value <= hi else None
 
 
 def parse_winner(text: str) -> str | None:
-    """'A' or 'B' from the last 'Winner: X' in the text, or None."""
-    matches = _WINNER.findall(text)
-    return matches[-1].upper() if matches else None
+    """'A' or 'B' from the first 'Winner: X' in the text (the template asks for it first), or None."""
+    match = _WINNER.search(text)
+    return match.group(1).upper() if match else None
