@@ -27,7 +27,7 @@ def build_request(seeds: list[dict], fewshot: int, seed: int, adapter: str | Non
 def clean(text: str) -> str:
     """The first non-empty line, without a 'Task:' label or wrapping quotes."""
     for line in text.strip().splitlines():
-        line = _PREFIX.sub("", line.strip()).strip().strip('"').strip("*").strip()
+        line = _PREFIX.sub("", line.strip().strip('"*').strip()).strip().strip('"*').strip()
         if line:
             return line
     return ""

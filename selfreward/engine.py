@@ -55,7 +55,12 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        if current_platform.is_cpu() and os.environ.get("SELFREWARD_STOCK_CPU_LORA") != "1":
+            from selfreward import vllm_cpu_lora
+
+            vllm_cpu_lora.install()
         self.llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                        trust_remote_code=cfg.trust_remote_code, enable_lora=True, max_lora_rank=max_lora_rank,
                        max_loras=2, seed=0, tensor_parallel_size=cfg.tensor_parallel_size,

@@ -50,7 +50,36 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
 
 
+_ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+
+
+def _save_adapter(trainer, out_dir: Path) -> None:
+    """Save the trained adapter (gathered across ranks under ZeRO-3) and move it into place atomically.
+
+    Only the trained "default" adapter is kept: TRL's frozen "ref" copy and the tokenizer are dropped.
+    """
+    tmp = out_dir / ".adapter.tmp"
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank: DeepSpeed gathers the partitioned weights
+    if main:
+        for extra in tmp.iterdir():
+            if extra.name not in _ADAPTER_FILES:
+                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+        if (out_dir / "adapter").exists():
+            shutil.rmtree(out_dir / "adapter")
+        os.replace(tmp, out_dir / "adapter")
+    trainer.accelerator.wait_for_everyone()
+
+
 def train(cfg: Config, iter_dir: Path) -> dict:
+    """Train iteration k's adapter and save it to train/adapter; returns the summary metrics."""
+    return fit(cfg, iter_dir)[1]
+
+
+def fit(cfg: Config, iter_dir: Path):
     import torch
     from datasets import load_dataset
     from peft import LoraConfig, PeftModel
@@ -78,31 +107,30 @@ def train(cfg: Config, iter_dir: Path) -> dict:
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config)
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(out_dir / "checkpoints"))
+    bad = [h["step"] for h in trainer.state.log_history if "loss" in h and not math.isfinite(h["loss"])]
+    if bad:
+        raise TrainingDiverged(f"DPO loss became non-finite at step {bad[0]}")
+    _save_adapter(trainer, out_dir)
+
+    return trainer, _summary(trainer, result, len(data), parent)
+
+
+def _summary(trainer, result, n_pairs: int, parent: str | None) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
-    losses = [h["loss"] for h in history]
-    if any(not math.isfinite(x) for x in losses):
-        raise TrainingDiverged(f"DPO loss became non-finite at step "
-                               f"{next(h['step'] for h in history if not math.isfinite(h['loss']))}")
-    if trainer.accelerator.is_main_process:
-        tmp = out_dir / ".adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), selected_adapters=["default"])
-        if (out_dir / "adapter").exists():
-            shutil.rmtree(out_dir / "adapter")
-        os.replace(tmp, out_dir / "adapter")
-    trainer.accelerator.wait_for_everyone()
+
+    def values(key):
+        return [h[key] for h in history if key in h]
 
     def last(key):
-        vals = [h[key] for h in history if key in h]
-        return round(vals[-1], 6) if vals else None
+        return round(values(key)[-1], 6) if values(key) else None
 
     def mean(key):
-        vals = [h[key] for h in history if key in h]
-        return round(sum(vals) / len(vals), 6) if vals else None
+        return round(sum(values(key)) / len(values(key)), 6) if values(key) else None
 
-    return {"pairs": len(data), "steps": trainer.state.global_step, "loss_first": losses[0] if losses else None,
-            "loss_last": last("loss"), "loss_mean": round(result.training_loss, 6),
-            "reward_accuracy_mean": mean("rewards/accuracies"), "reward_margin_last": last("rewards/margins"),
+    return {"pairs": n_pairs, "steps": trainer.state.global_step,
+            "loss_first": values("loss")[0] if history else None, "loss_last": last("loss"),
+            "loss_mean": round(result.training_loss, 6), "reward_accuracy_mean": mean("rewards/accuracies"),
+            "reward_margin_last": last("rewards/margins"),
             "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
             "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 3),
             "world_size": trainer.accelerator.num_processes, "reference": parent or "M0 (adapter disabled)"}

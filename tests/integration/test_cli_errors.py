@@ -1,0 +1,69 @@
+"""Bad input through the real CLI: one line naming file and key, exit 2, an existing run directory untouched."""
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from selfreward import config, loop
+from tests.conftest import ROOT, write_recipe
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "selfreward.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def tree_digest(path):
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        h.update(str(p.relative_to(path)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+            h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d, t: d["train"].update(betta=0.1), "train.betta: unknown key"),
+    (lambda d, t: d["judge"].update(constitution="constitutions/gone.md"), "judge.constitution: file not found"),
+    (lambda d, t: d["data_gen"].update(seeds="seeds/gone.jsonl"), "data_gen.seeds: file not found"),
+    (lambda d, t: (t / "seeds" / "instructions.jsonl").write_text(""), "data_gen.seeds:"),
+    (lambda d, t: d["model"].update(ref=str(t / "no-model")), "model.ref: model path"),
+    (lambda d, t: d["data_gen"].update(n_responses=1), "data_gen.n_responses: Input should be greater than"),
+    (lambda d, t: d["train"].update(beta=-0.5), "train.beta: Input should be greater than 0"),
+    (lambda d, t: d["train"].update(dpo_overrides={"not_a_dpo_arg": 1}), "train.dpo_overrides:"),
+])
+def test_bad_recipe_exits_before_loading_and_leaves_run_untouched(tmp_path, recipe_data, mutate, expected):
+    recipe_data.update(model={}, train={})
+    good = write_recipe(tmp_path / "good.yaml", recipe_data)
+    run_dir = loop.prepare_run_dir(config.load(good), force=False)  # an existing run directory
+    before = tree_digest(run_dir)
+    mutate(recipe_data, tmp_path)
+    bad = write_recipe(tmp_path / "bad.yaml", recipe_data)
+    for command in ("run", "validate"):
+        out = cli(command, bad)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, out.stderr
+        assert lines[0].startswith(f"selfreward: error: {bad}: ") and expected in lines[0]
+        assert "Traceback" not in out.stderr
+    assert tree_digest(run_dir) == before
+
+
+def test_changed_recipe_for_existing_run_is_refused(tmp_path, recipe_data):
+    good = write_recipe(tmp_path / "good.yaml", recipe_data)
+    run_dir = loop.prepare_run_dir(config.load(good), force=False)
+    before = tree_digest(run_dir)
+    out = cli("run", good, "train.beta=0.3")
+    assert out.returncode == 2
+    assert "run.yaml: the run was started with a different config (changed: train.beta)" in out.stderr
+    assert tree_digest(run_dir) == before
+
+
+def test_validate_ok_and_status_of_missing_run(tmp_path, recipe_data):
+    good = write_recipe(tmp_path / "good.yaml", recipe_data)
+    out = cli("validate", good)
+    assert out.returncode == 0 and ": ok (1 iterations" in out.stdout
+    out = cli("status", tmp_path / "nothing")
+    assert out.returncode == 2 and "not a run directory" in out.stderr

@@ -1,0 +1,73 @@
+"""Real TRL DPOTrainer with LoRA on a tiny random Llama: adapters change, the base does not, lineage holds."""
+import math
+
+import pytest
+from safetensors.torch import load_file
+
+from selfreward import config
+from selfreward.records import write_json, write_jsonl
+from tests.conftest import write_recipe
+
+
+def _pairs(n=8):
+    rows = []
+    for i in range(n):
+        rows.append({"prompt": [{"role": "user", "content": f"Question {i}: is water wet?"}],
+                     "chosen": [{"role": "assistant", "content": "Yes. Water makes things wet."}],
+                     "rejected": [{"role": "assistant", "content": "Bananas are purple on Tuesdays."}],
+                     "provenance": {"prompt_id": f"p{i}", "chosen_score": 5, "rejected_score": 1}})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dpo")
+    data = {"run": {"name": "dpo", "output_dir": str(tmp / "runs")}, "model": {"ref": str(tiny_model_dir)},
+            "train": {"batch_size": 4, "epochs": 2, "learning_rate": 5e-3, "lora_r": 8, "max_length": 128,
+                      "save_steps": 2}}
+    return config.load(write_recipe(tmp / "r.yaml", data))
+
+
+def _iteration(cfg, k, parent):
+    iter_dir = cfg.run_dir() / f"iter_{k:03d}"
+    write_json(iter_dir / "lineage.json", {"iteration": k, "parent_iteration": k - 1, "parent_adapter": parent})
+    write_jsonl(iter_dir / "judge" / "pairs.jsonl", _pairs())
+    return iter_dir
+
+
+def _assert_base_untouched(trainer, base_file):
+    base = load_file(base_file)
+    params = dict(trainer.accelerator.unwrap_model(trainer.model).get_base_model().named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".default." in n for n in trainable)
+    for name, p in params.items():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert p.detach().equal(base[key]), key
+
+
+def test_dpo_lineage(cfg, tiny_model_dir):
+    from train.dpo import fit
+
+    it1 = _iteration(cfg, 1, None)
+    trainer, m1 = fit(cfg, it1)
+    _assert_base_untouched(trainer, tiny_model_dir / "model.safetensors")
+    a1 = load_file(it1 / "train" / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in a1.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # PEFT initialises B to zero: training moved it
+    assert m1["steps"] == 4 and m1["pairs"] == 8
+    assert m1["loss_first"] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 0
+    assert m1["loss_last"] < m1["loss_first"]
+    assert m1["reference"].startswith("M0")
+    # checkpoints for resume were written under train/checkpoints
+    assert any(p.name.startswith("checkpoint-") for p in (it1 / "train" / "checkpoints").iterdir())
+
+    it2 = _iteration(cfg, 2, "iter_001/train/adapter")
+    trainer, m2 = fit(cfg, it2)
+    _assert_base_untouched(trainer, tiny_model_dir / "model.safetensors")
+    # iteration 2 starts from adapter 1 and its reference is M1: DPO loss starts at log 2 again
+    assert m2["loss_first"] == pytest.approx(math.log(2), abs=1e-3)
+    assert m2["reference"].endswith("iter_001/train/adapter")
+    a2 = load_file(it2 / "train" / "adapter" / "adapter_model.safetensors")
+    assert set(a2) == set(a1)  # only the trained adapter is saved, not TRL's frozen "ref" copy
+    assert any(not a2[k].equal(a1[k]) for k in a1)

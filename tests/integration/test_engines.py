@@ -1,0 +1,74 @@
+"""Real vLLM (CPU build) and transformers engines on a tiny random Llama, with and without a LoRA adapter."""
+import pytest
+
+from selfreward.config import ModelCfg
+from selfreward.engine import HFEngine, Request, Sampling, ScoreRequest, VLLMEngine
+
+MSG = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"],
+                                            init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    lora.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_dir):
+    return VLLMEngine(str(tiny_model_dir), ModelCfg(dtype="float32", max_model_len=512, kv_cache_gib=1), 16)
+
+
+def test_vllm_sampling_is_seeded_per_request(vllm_engine):
+    sp = Sampling(temperature=1.0, top_p=1.0, max_tokens=12)
+    a = vllm_engine.generate([Request(MSG, seed=s) for s in (1, 2, 3)], sp)
+    # same requests in another batch composition and order
+    b = vllm_engine.generate([Request(MSG, seed=s) for s in (3, 9, 1)], sp)
+    assert a[0].text == b[2].text and a[2].text == b[0].text
+    assert len({c.text for c in a}) > 1
+    assert all(c.n_tokens <= 12 and c.finish_reason in ("stop", "length") for c in a)
+
+
+def test_vllm_serves_lora_adapter(vllm_engine, adapter_dir):
+    sp = Sampling(temperature=0.0, max_tokens=12)
+    base, lora, base2 = vllm_engine.generate(
+        [Request(MSG, 0), Request(MSG, 0, adapter_dir), Request(MSG, 0)], sp)
+    assert base.text == base2.text
+    assert lora.text != base.text
+    # base rows of a mixed batch are untouched by the adapter in the same batch
+    assert vllm_engine.generate([Request(MSG, 0)], sp)[0].text == base.text
+
+
+def test_prefill_continues_the_assistant_turn(vllm_engine):
+    sp = Sampling(temperature=0.0, max_tokens=6)
+    plain, prefilled = vllm_engine.generate([Request(MSG, 0), Request(MSG, 0, prefill="Score:")], sp)
+    assert plain.text != prefilled.text
+
+
+def test_score_matches_between_engines_and_sees_adapter(vllm_engine, tiny_model_dir, adapter_dir):
+    hf = HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="float32"))
+    reqs = [ScoreRequest(MSG, "Blue, like the sky."), ScoreRequest(MSG, "Blue, like the sky.", adapter_dir)]
+    base, lora = vllm_engine.score(reqs)
+    n = len(hf.tokenizer("Blue, like the sky.", add_special_tokens=False)["input_ids"])
+    assert len(base) == len(lora) == n
+    assert all(x <= 0 for x in base)
+    assert sum(lora) != pytest.approx(sum(base))
+    assert hf.score(reqs[:1])[0] == pytest.approx(base, abs=1e-4)
+
+
+def test_hf_engine_greedy_agrees_with_vllm(vllm_engine, tiny_model_dir, adapter_dir):
+    hf = HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="float32"))
+    sp = Sampling(temperature=0.0, max_tokens=8)
+    reqs = [Request(MSG, 0), Request(MSG, 0, adapter_dir), Request(MSG, 0)]
+    h = hf.generate(reqs, sp)
+    v = vllm_engine.generate(reqs, sp)
+    assert h[0].text == h[2].text  # disabling the adapter restores the base model
+    assert [c.text for c in h] == [c.text for c in v]

@@ -1,0 +1,76 @@
+import pytest
+
+from selfreward import config
+from selfreward.config import RecipeError
+from tests.conftest import RECIPES, write_recipe
+
+
+def load(tmp_path, data, *overrides):
+    return config.load(write_recipe(tmp_path / "r.yaml", data), list(overrides))
+
+
+def test_shipped_recipe_is_valid_and_resolves_paths():
+    cfg = config.load(RECIPES / "smollm2-135m-cpu.yaml")
+    assert cfg.run.iterations == 2
+    assert cfg.model.ref == "embedded:smollm2-135m-instruct"
+    assert cfg.data_gen.seeds == str(RECIPES / "seeds" / "instructions.jsonl")
+    assert cfg.data_gen.n_responses == 4
+
+
+def test_overrides_are_typed_and_dotted(tmp_path, recipe_data):
+    cfg = load(tmp_path, recipe_data, "train.beta=0.05", "run.iterations=3", "train.dpo_overrides={loss_type: [ipo]}")
+    assert cfg.train.beta == 0.05 and cfg.run.iterations == 3
+    assert cfg.train.dpo_overrides == {"loss_type": ["ipo"]}
+
+
+@pytest.mark.parametrize("patch, expected", [
+    ({"train": {"betta": 0.1}}, "train.betta: unknown key"),
+    ({"judge": {"constitution": "constitutions/missing.md"}}, "judge.constitution: file not found"),
+    ({"data_gen": {"seeds": "seeds/nope.jsonl"}}, "data_gen.seeds: file not found"),
+    ({"data_gen": {"n_responses": 1}}, "data_gen.n_responses: Input should be greater than or equal to 2"),
+    ({"train": {"beta": -0.1}}, "train.beta: Input should be greater than 0"),
+    ({"model": {"ref": "/does/not/exist"}}, "model.ref: model path '/does/not/exist' does not exist"),
+    ({"model": {"ref": "embedded:gpt-17"}}, "model.ref: unknown embedded model 'gpt-17'"),
+    ({"launch": {"mode": "cluster"}}, "launch.mode: Input should be 'inprocess' or 'subprocess'"),
+])
+def test_bad_recipe_names_file_and_key(tmp_path, recipe_data, patch, expected):
+    for section, values in patch.items():
+        recipe_data.setdefault(section, {}).update(values)
+    with pytest.raises(RecipeError) as e:
+        load(tmp_path, recipe_data)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(tmp_path / "r.yaml") + ": ")
+    assert expected in msg
+
+
+def test_empty_seed_file(tmp_path, recipe_data):
+    (tmp_path / "seeds" / "instructions.jsonl").write_text("\n")
+    with pytest.raises(RecipeError, match=r"data_gen.seeds: .*instructions.jsonl is empty"):
+        load(tmp_path, recipe_data)
+
+
+def test_seed_line_without_instruction(tmp_path, recipe_data):
+    (tmp_path / "seeds" / "instructions.jsonl").write_text('{"id": "a", "instruction": "x y z w"}\n{"id": "b"}\n')
+    with pytest.raises(RecipeError, match=r"line 2 has no non-empty 'instruction'"):
+        load(tmp_path, recipe_data)
+
+
+def test_constitution_needs_both_placeholders(tmp_path, recipe_data):
+    (tmp_path / "constitutions" / "default.md").write_text("Rate this: {response}\n")
+    with pytest.raises(RecipeError, match=r"judge.constitution: .* must use exactly the placeholders"):
+        load(tmp_path, recipe_data)
+
+
+def test_missing_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="recipe not found"):
+        config.load(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("run: [unclosed\n")
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        config.load(tmp_path / "bad.yaml")
+
+
+def test_run_yaml_round_trip(tmp_path, recipe_data):
+    cfg = load(tmp_path, recipe_data)
+    (tmp_path / "run.yaml").write_text(config.dump(cfg))
+    assert config.from_run_yaml(tmp_path / "run.yaml") == cfg

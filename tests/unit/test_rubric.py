@@ -1,0 +1,28 @@
+import pytest
+
+from selfreward.rubric import parse_score, parse_winner
+
+
+@pytest.mark.parametrize("text, score", [
+    ("Score: 4\nThe response is clear.", 4.0),
+    ("Score:3", 3.0),
+    ("score = 5/5 because it is great", 5.0),
+    ("Score: **2** points. Later: Score: 5", 2.0),  # the rubric asks for the score first
+    ("Score: 0", 0.0),
+    ("Score: 2.5 out of 5", 2.5),
+])
+def test_scores_parse(text, score):
+    assert parse_score(text) == score
+
+
+@pytest.mark.parametrize("text", ["", "I would give it four points.", "Score: 7", "Score: ten", "Scores vary"])
+def test_unparsable_or_out_of_range_is_none(text):
+    assert parse_score(text) is None
+
+
+@pytest.mark.parametrize("text, winner", [
+    ("Winner: A\nbecause", "A"), ("winner: b", "B"), ("Winner: Response B is better", "B"),
+    ("Winner: (A)", "A"), ("No winner here", None), ("Winner: C", None),
+])
+def test_winner(text, winner):
+    assert parse_winner(text) == winner
