@@ -26,6 +26,14 @@ def both_order_outcome(winner_ab: str | None, winner_ba: str | None) -> float | 
     return ((winner_ab == "A") + (winner_ba == "B")) / 2
 
 
+def both_order_probability(p_a_when_first: float | None, p_a_when_second: float | None) -> float | None:
+    """Candidate's preference probability averaged over both orders: P(A | candidate is A) and
+    P(B | candidate is B) = 1 - P(A | candidate is B). A constant position bias cancels out."""
+    if p_a_when_first is None or p_a_when_second is None:
+        return None
+    return (p_a_when_first + 1 - p_a_when_second) / 2
+
+
 def kl_estimate(logp_candidate: list[list[float]], logp_previous: list[list[float]]) -> tuple[float, float]:
     """Monte-Carlo KL(candidate || previous) on the candidate's own samples: per sequence and per token."""
     seq = [sum(a) - sum(b) for a, b in zip(logp_candidate, logp_previous)]

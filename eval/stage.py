@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 from eval import gate
-from eval.metrics import both_order_outcome, distinct_n, kl_estimate, mean
+from eval.metrics import both_order_outcome, both_order_probability, distinct_n, kl_estimate, mean
 from selfreward import artifacts, engine as engines
 from selfreward.config import Config
 from selfreward.engine import Request, Sampling, ScoreRequest, seed_for
 from selfreward.records import read_json, read_jsonl, run_sharded, write_json, write_jsonl
-from selfreward.rubric import parse_score, parse_winner
+from selfreward.rubric import parse_score, parse_winner, preference_a
 
 
 def _probe_config(cfg: Config) -> dict:
@@ -98,7 +98,7 @@ def stage_config(cfg: Config, iter_dir: Path) -> dict:
 def pairwise(engine, cfg: Config, cand: list[dict], prev: list[dict], shard_dir: Path, k: int) -> dict:
     """The frozen M0 judge compares candidate and previous in both orders, so position bias cancels."""
     template = Path(cfg.eval.pairwise_template).read_text()
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.judge_max_tokens)
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.judge_max_tokens, top_logprobs=20)
     slots = [(c, p, order) for c, p in zip(cand, prev) for order in ("AB", "BA")]
 
     def work(chunk):
@@ -109,16 +109,19 @@ def pairwise(engine, cfg: Config, cand: list[dict], prev: list[dict], shard_dir:
             reqs.append(Request(_user(text), 0, None, cfg.eval.judge_prefill))
         outs = engine.generate(reqs, sampling)
         raws = [cfg.eval.judge_prefill + o.text for o in outs]
-        return [{"id": c["id"], "order": order, "raw": raw, "winner": parse_winner(raw)}
-                for (c, _, order), raw in zip(chunk, raws)]
+        return [{"id": c["id"], "order": order, "raw": raw, "winner": parse_winner(raw),
+                 "p_a": preference_a(o.first_token_logprobs)} for (c, _, order), raw, o in zip(chunk, raws, outs)]
 
     judged = run_sharded(slots, cfg.eval.shard_size, shard_dir, "pairwise", work, desc=f"iter {k} win rate")
     by_id: dict[str, dict] = {}
     for j in judged:
-        by_id.setdefault(j["id"], {})[j["order"]] = j["winner"]
-    outcomes = [both_order_outcome(v.get("AB"), v.get("BA")) for v in by_id.values()]
-    decided = [o for o in outcomes if o is not None]
-    return {"win_rate": mean(decided), "win_rate_n": len(decided),
+        by_id.setdefault(j["id"], {})[j["order"]] = j
+    verdicts = [both_order_outcome(v["AB"]["winner"], v["BA"]["winner"]) for v in by_id.values()]
+    decided = [o for o in verdicts if o is not None]
+    probs = [both_order_probability(v["AB"]["p_a"], v["BA"]["p_a"]) for v in by_id.values()]
+    probs = [p for p in probs if p is not None]
+    return {"win_rate": mean(probs), "win_rate_n": len(probs),
+            "win_rate_verdicts": mean(decided), "win_rate_verdicts_n": len(decided),
             "pairwise_parse_rate": sum(j["winner"] is not None for j in judged) / len(judged),
             "position_consistency": sum(o != 0.5 for o in decided) / len(decided) if decided else None}
 

@@ -103,6 +103,8 @@ class TrainCfg(Section):
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names LoRA adapts.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Training autocast: auto = bf16 where the GPU or CPU (AVX512-BF16/AMX) supports it.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every this many optimizer steps (for resume).")
     dpo_overrides: dict[str, Any] = Field(default_factory=dict,
                                           description="Extra trl.DPOConfig arguments, validated by TRL.")

@@ -31,6 +31,7 @@ class Sampling:
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 128
+    top_logprobs: int = 0  # >0: also return the log-probabilities of the first token's top candidates
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Completion:
     text: str
     n_tokens: int
     finish_reason: str
+    first_token_logprobs: dict[str, float] | None = None  # decoded token -> logprob, when asked for
 
 
 @dataclass
@@ -89,11 +91,20 @@ class VLLMEngine:
         if not requests:
             return []
         params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens, seed=r.seed) for r in requests]
+                                 max_tokens=sampling.max_tokens, seed=r.seed,
+                                 logprobs=sampling.top_logprobs or None) for r in requests]
         outputs = self.llm.generate([self._prompt(r.messages) + r.prefill for r in requests], params, use_tqdm=False,
                                     lora_request=[self._lora(r.adapter) for r in requests])
-        return [Completion(o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason or "")
-                for o in outputs]
+        result = []
+        for o in outputs:
+            c = o.outputs[0]
+            first = None
+            if sampling.top_logprobs and c.logprobs:
+                first = {}
+                for lp in c.logprobs[0].values():  # several ids can decode alike: keep the likelier
+                    first[lp.decoded_token] = max(lp.logprob, first.get(lp.decoded_token, float("-inf")))
+            result.append(Completion(c.text, len(c.token_ids), c.finish_reason or "", first))
+        return result
 
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
         """Log-probability of each completion token under the requested model (teacher forcing).
@@ -153,18 +164,26 @@ class HFEngine:
             text = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
             ids = self.tokenizer(text + r.prefill, add_special_tokens=False, return_tensors="pt")
             torch.manual_seed(r.seed)
-            kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id)
+            kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id,
+                          output_logits=True, return_dict_in_generate=True)
             if sampling.temperature > 0:
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             else:
                 kwargs.update(do_sample=False)
             with torch.no_grad():
                 gen = self._call(r.adapter, lambda m: m.generate(**ids, **kwargs))
-            new = gen[0, ids["input_ids"].shape[1]:].tolist()
-            eos = self.tokenizer.eos_token_id
-            finished = bool(new) and new[-1] == eos
+            new = gen.sequences[0, ids["input_ids"].shape[1]:].tolist()
+            finished = bool(new) and new[-1] == self.tokenizer.eos_token_id
             text = self.tokenizer.decode(new, skip_special_tokens=True)
-            out.append(Completion(text, len(new), "stop" if finished else "length"))
+            first = None
+            if sampling.top_logprobs:
+                logp = torch.log_softmax(gen.logits[0][0].float(), dim=-1)  # raw, like vLLM's logprobs
+                top = torch.topk(logp, sampling.top_logprobs)
+                first = {}
+                for lp, tid in zip(top.values.tolist(), top.indices.tolist()):
+                    tok = self.tokenizer.decode([tid])
+                    first[tok] = max(lp, first.get(tok, float("-inf")))
+            out.append(Completion(text, len(new), "stop" if finished else "length", first))
         return out
 
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:

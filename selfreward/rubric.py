@@ -20,3 +20,22 @@ def parse_winner(text: str) -> str | None:
     """'A' or 'B' from the first 'Winner: X' in the text (the template asks for it first), or None."""
     match = _WINNER.search(text)
     return match.group(1).upper() if match else None
+
+
+def preference_a(first_token_logprobs: dict[str, float] | None) -> float | None:
+    """P(A) / (P(A) + P(B)) for the token right after 'Winner:', from the judge's own distribution.
+
+    A small judge that nearly always writes 'A' still puts more or less mass on 'B' depending on the pair;
+    averaging this probability over both orders measures preference where greedy verdicts only show position bias.
+    """
+    import math
+
+    if not first_token_logprobs:
+        return None
+    mass = {"A": 0.0, "B": 0.0}
+    for token, logprob in first_token_logprobs.items():
+        key = token.strip().upper()
+        if key in mass:
+            mass[key] += math.exp(logprob)
+    total = mass["A"] + mass["B"]
+    return mass["A"] / total if total > 0 else None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -74,12 +73,3 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
-
-
-def history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return read_jsonl(path) if path.exists() else []
-
-
-def as_json(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

@@ -72,3 +72,14 @@ def test_hf_engine_greedy_agrees_with_vllm(vllm_engine, tiny_model_dir, adapter_
     v = vllm_engine.generate(reqs, sp)
     assert h[0].text == h[2].text  # disabling the adapter restores the base model
     assert [c.text for c in h] == [c.text for c in v]
+
+
+def test_first_token_logprobs_agree_between_engines(vllm_engine, tiny_model_dir):
+    hf = HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="float32"))
+    sp = Sampling(temperature=0.0, max_tokens=2, top_logprobs=5)
+    req = [Request(MSG, 0, prefill="Winner:")]
+    v = vllm_engine.generate(req, sp)[0].first_token_logprobs
+    h = hf.generate(req, sp)[0].first_token_logprobs
+    assert len(v) >= 1 and set(v) == set(h)
+    for token, lp in v.items():
+        assert h[token] == pytest.approx(lp, abs=1e-3)

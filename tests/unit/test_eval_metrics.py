@@ -39,3 +39,11 @@ def test_gate_passes_and_fails_with_reasons():
     assert any("length_ratio 2.500 fails <= 2.0" in r for r in d["reasons"])
     d = gate.decide(_metrics(win_rate=None), ev)
     assert not d["passed"] and "could not be measured" in d["reasons"][0]
+
+
+def test_both_order_probability_cancels_position_bias():
+    from eval.metrics import both_order_probability
+
+    # a judge biased towards A by +0.3 in both orders: the candidate's 0.6 preference survives
+    assert both_order_probability(0.6 + 0.3, 0.4 + 0.3) == pytest.approx(0.6)
+    assert both_order_probability(0.9, None) is None

@@ -26,3 +26,14 @@ def test_unparsable_or_out_of_range_is_none(text):
 ])
 def test_winner(text, winner):
     assert parse_winner(text) == winner
+
+
+def test_preference_from_first_token_logprobs():
+    import math
+
+    from selfreward.rubric import preference_a
+
+    lp = {" A": math.log(0.6), "A": math.log(0.1), " B": math.log(0.1), " The": math.log(0.2)}
+    assert preference_a(lp) == pytest.approx(0.7 / 0.8)
+    assert preference_a({" The": -0.1}) is None
+    assert preference_a(None) is None
