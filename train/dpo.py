@@ -6,6 +6,7 @@ reference is M(k-1) = M0 + adapter k-1.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -62,13 +63,14 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
 
 
-_ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+_ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
 
 
 def _save_adapter(trainer, out_dir: Path) -> None:
     """Save the trained adapter (gathered across ranks under ZeRO-3) and move it into place atomically.
 
-    Only the trained "default" adapter is kept: TRL's frozen "ref" copy and the tokenizer are dropped.
+    Only the trained "default" adapter is kept: TRL's frozen "ref" copy, the tokenizer and the model card
+    (which is not reproducible) are dropped.
     """
     tmp = out_dir / ".adapter.tmp"
     main = trainer.accelerator.is_main_process
@@ -80,6 +82,11 @@ def _save_adapter(trainer, out_dir: Path) -> None:
         for extra in tmp.iterdir():
             if extra.name not in _ADAPTER_FILES:
                 shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+        # PEFT writes target_modules from a set, in a per-process order: sort it so reruns are byte-identical
+        adapter_cfg = json.loads((tmp / "adapter_config.json").read_text())
+        if isinstance(adapter_cfg.get("target_modules"), list):
+            adapter_cfg["target_modules"] = sorted(adapter_cfg["target_modules"])
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True))
         if (out_dir / "adapter").exists():
             shutil.rmtree(out_dir / "adapter")
         os.replace(tmp, out_dir / "adapter")

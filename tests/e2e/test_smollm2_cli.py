@@ -15,6 +15,7 @@ pytestmark = pytest.mark.e2e
 ARTIFACTS = ["run.yaml", "iter_000/eval/probes.jsonl", "iter_001/lineage.json", "iter_001/data_gen/prompts.jsonl",
              "iter_001/data_gen/responses.jsonl", "iter_001/judge/judgments.jsonl", "iter_001/judge/pairs.jsonl",
              "iter_001/judge/stats.json", "iter_001/train/adapter/adapter_model.safetensors",
+             "iter_001/train/adapter/adapter_config.json",
              "iter_001/eval/probes.jsonl", "iter_001/eval/metrics.json", "iter_001/eval/decision.json",
              "iter_001/outcome.json"]
 
