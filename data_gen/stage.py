@@ -16,18 +16,19 @@ def stage_config(cfg: Config, iter_dir: Path) -> dict:
     dg["seeds"] = artifacts.file_digest(cfg.data_gen.seeds)
     dg.pop("shard_size")  # shard size changes where work is cut, not what is produced
     return {"data_gen": dg, "model": {"ref": cfg.model.ref, "dtype": cfg.model.dtype, "engine": cfg.model.engine},
-            "seed": cfg.run.seed, "lineage": artifacts.lineage(iter_dir)}
+            "seed": cfg.run.seed, "lineage": artifacts.lineage_config(iter_dir),
+            "earlier_prompts": [artifacts.file_digest(p) for p in _earlier_prompt_files(iter_dir)]}
+
+
+def _earlier_prompt_files(iter_dir: Path) -> list[Path]:
+    k = int(iter_dir.name.split("_")[1])
+    paths = [artifacts.iteration_dir(iter_dir.parent, j) / "data_gen" / "prompts.jsonl" for j in range(1, k)]
+    return [p for p in paths if p.exists()]
 
 
 def _earlier_prompts(iter_dir: Path) -> list[str]:
     """Instructions of earlier iterations: new prompts must not repeat them."""
-    k = int(iter_dir.name.split("_")[1])
-    texts = []
-    for j in range(1, k):
-        path = artifacts.iteration_dir(iter_dir.parent, j) / "data_gen" / "prompts.jsonl"
-        if path.exists():
-            texts += [r["instruction"] for r in read_jsonl(path)]
-    return texts
+    return [r["instruction"] for p in _earlier_prompt_files(iter_dir) for r in read_jsonl(p)]
 
 
 def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
@@ -44,7 +45,7 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
     seen = [s["instruction"] for s in seeds] + _earlier_prompts(iter_dir)
     prompts, pstats = synthesize(engine, cfg, k, seeds, seen, adapter, out_dir / "shards", run_sharded)
     if not prompts:
-        raise RuntimeError(f"iteration {k}: no synthesised instruction passed the filters "
+        raise artifacts.IterationEnded(f"iteration {k}: no synthesised instruction passed the filters "
                            f"({pstats['candidates']} candidates, rejected: {pstats['rejected']})")
     write_jsonl(out_dir / "prompts.jsonl", prompts)
 

@@ -91,7 +91,7 @@ def stage_config(cfg: Config, iter_dir: Path) -> dict:
     ev["probes"] = artifacts.file_digest(cfg.eval.probes)
     ev["pairwise_template"] = artifacts.file_digest(cfg.eval.pairwise_template)
     ev.pop("shard_size")
-    return {"eval": ev, "probe": _probe_config(cfg), "lineage": artifacts.lineage(iter_dir),
+    return {"eval": ev, "probe": _probe_config(cfg), "lineage": artifacts.lineage_config(iter_dir),
             "train": read_json(iter_dir / "train" / "manifest.json")["config_hash"]}
 
 

@@ -47,7 +47,7 @@ def build_pairs(prompts: list[dict], responses: list[dict], judgments: list[dict
                 "chosen_score": scores[best["id"]], "rejected_score": scores[worst["id"]],
                 "scores": {r["id"]: scores[r["id"]] for r in scored},
                 "chosen_judge_raw": raw[best["id"]], "rejected_judge_raw": raw[worst["id"]],
-                "sampling": {"chosen_seed": best.get("seed"), "rejected_seed": worst.get("seed")},
+                "seeds": {"chosen": best.get("seed"), "rejected": worst.get("seed")},
             },
         })
     return pairs, dropped

@@ -20,6 +20,14 @@ class StageConflict(RuntimeError):
     """A stage's manifest exists with a different config hash and --force was not given."""
 
 
+class IterationEnded(RuntimeError):
+    """A stage found nothing to go on with (no prompts, no pairs, a NaN loss): the iteration ends unpromoted."""
+
+
+# exit codes of `python -m <stage>`, turned back into exceptions by run_child
+EXIT_CONFLICT, EXIT_ITERATION_ENDED, EXIT_PREEMPTED = 2, 3, 75
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -45,18 +53,24 @@ def existing(stage_dir: Path, config: dict, force: bool) -> dict | None:
     aside (renamed, never deleted) and the stage runs again.
     """
     path = stage_dir / "manifest.json"
-    if not path.exists():
-        return None
-    manifest = read_json(path)
-    if manifest["config_hash"] == config_hash(config):
-        return manifest
-    keys = changed_keys(manifest.get("config", {}), config)
+    started = stage_dir / "started.json"  # a partial stage's shards belong to the config that started it
+    record = read_json(path) if path.exists() else read_json(started) if started.exists() else None
+    if record is not None and record["config_hash"] == config_hash(config):
+        return record if path.exists() else None  # finished, or started with this config: resume its shards
+    if record is not None:
+        _set_aside(stage_dir, record, config, force)
+    write_json(started, {"config_hash": config_hash(config), "config": config})
+    return None
+
+
+def _set_aside(stage_dir: Path, record: dict, config: dict, force: bool) -> None:
+    keys = changed_keys(record.get("config", {}), config)
     if not force:
-        raise StageConflict(f"{stage_dir}: finished with a different config (changed: {', '.join(keys)}); "
+        state = "finished" if (stage_dir / "manifest.json").exists() else "started"
+        raise StageConflict(f"{stage_dir}: {state} with a different config (changed: {', '.join(keys)}); "
                             f"pass --force to redo it")
     aside = stage_dir.with_name(f"{stage_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
     os.replace(stage_dir, aside)
-    return None
 
 
 def _count_rows(path: Path) -> int | None:
@@ -132,6 +146,16 @@ def lineage(iter_dir: Path) -> dict:
     return read_json(Path(iter_dir) / "lineage.json")
 
 
+def lineage_config(iter_dir: Path) -> dict:
+    """The lineage as stage configs hash it: the parent's train config hash stands for the adapter's content,
+    so redoing an earlier iteration invalidates everything built on it."""
+    lin = dict(lineage(iter_dir))
+    if lin["parent_iteration"]:
+        parent = iteration_dir(Path(iter_dir).parent, lin["parent_iteration"]) / "train" / "manifest.json"
+        lin["parent_train_hash"] = read_json(parent)["config_hash"]
+    return lin
+
+
 def parent_adapter(iter_dir: Path) -> str | None:
     """Absolute path of M(k-1)'s adapter, or None when M(k-1) is the base model M0."""
     rel = lineage(iter_dir)["parent_adapter"]
@@ -148,7 +172,7 @@ def stage_main(run_fn, stage: str) -> None:
     import argparse
 
     from selfreward.config import from_run_yaml
-    from selfreward.records import install_preemption_handlers
+    from selfreward.records import Preempted, install_preemption_handlers
 
     parser = argparse.ArgumentParser(prog=f"python -m {stage}")
     parser.add_argument("run_dir", type=Path)
@@ -157,4 +181,29 @@ def stage_main(run_fn, stage: str) -> None:
     args = parser.parse_args()
     install_preemption_handlers()
     cfg = from_run_yaml(args.run_dir / "run.yaml")
-    run_fn(cfg, iteration_dir(args.run_dir, args.iteration), args.force)
+    iter_dir = iteration_dir(args.run_dir, args.iteration)
+    codes = [(StageConflict, EXIT_CONFLICT), (IterationEnded, EXIT_ITERATION_ENDED), (Preempted, EXIT_PREEMPTED)]
+    try:
+        run_fn(cfg, iter_dir, args.force)
+    except tuple(c for c, _ in codes) as e:
+        code = next(code for c, code in codes if isinstance(e, c))
+        write_json(iter_dir / stage / "error.json", {"exit_code": code, "type": type(e).__name__, "message": str(e)})
+        print(f"{stage}: {e}", file=sys.stderr)
+        sys.exit(code)
+
+
+def run_child(cmd: list[str], stage_dir: Path) -> None:
+    """Run a stage's process; its known failures come back as the same exceptions as in-process."""
+    from selfreward.records import Preempted
+
+    error = stage_dir / "error.json"
+    if error.exists():
+        error.unlink()
+    rc = subprocess.run(cmd).returncode
+    # a launcher (accelerate/torchrun) reports any failed rank as 1: the stage's own record says what it was
+    record = read_json(error) if error.exists() else {"exit_code": rc, "message": f"exited with code {rc}"}
+    kinds = {EXIT_CONFLICT: StageConflict, EXIT_ITERATION_ENDED: IterationEnded, EXIT_PREEMPTED: Preempted}
+    if record["exit_code"] in kinds:
+        raise kinds[record["exit_code"]](record["message"])
+    if rc != 0 or not (stage_dir / "manifest.json").exists():
+        raise RuntimeError(f"stage {stage_dir.name} {record['message']}: {' '.join(cmd)}")

@@ -48,6 +48,10 @@ def cmd_status(args) -> int:
     from selfreward.records import read_json
 
     run_dir = Path(args.run)
+    if run_dir.is_file():  # a recipe: its run directory
+        from selfreward import config
+
+        run_dir = config.load(run_dir).run_dir()
     state = artifacts.read_state(run_dir)
     if state is None or not (run_dir / "run.yaml").exists():
         raise RecipeError(f"{run_dir}: not a run directory (no run.yaml/state.json)")
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_validate)
-    p = sub.add_parser("status", help="show the stages and gate decisions of a run directory")
+    p = sub.add_parser("status", help="show the stages and gate decisions of a run directory (or a recipe's)")
     p.add_argument("run")
     p.set_defaults(fn=cmd_status)
     args = parser.parse_args(argv)

@@ -97,7 +97,7 @@ class TrainCfg(Section):
     batch_size: int = Field(4, ge=1, description="Per-device train batch size (pairs).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(512, ge=32, description="Max tokens of prompt + completion.")
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_r: int = Field(16, ge=1, le=512, description="LoRA rank (at most 512, vLLM's largest).")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     lora_target_modules: list[str] = Field(
@@ -155,6 +155,10 @@ class Config(Section):
         return Path(self.run.output_dir) / self.run.name
 
 
+# keys that change how a run is carried out, not what it produces: a resumed run may change them
+OPERATIONAL = ("run.iterations", "run.output_dir", "data_gen.shard_size", "judge.shard_size", "eval.shard_size",
+               "train.save_steps", "tracking.", "launch.mode", "model.kv_cache_gib", "model.gpu_memory_utilization")
+
 # (section, key) -> how the file must look; checked before any model loads
 PATH_FIELDS = [("data_gen", "seeds"), ("judge", "constitution"), ("eval", "probes"), ("eval", "pairwise_template")]
 
@@ -177,6 +181,11 @@ def _resolve_paths(data: dict, base: Path) -> None:
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             data[section][key] = str((base / value).resolve())
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("ref"), str) and not model["ref"].startswith("embedded:"):
+        local = base / Path(model["ref"]).expanduser()
+        if model["ref"].startswith((".", "/", "~")) or local.exists():  # a directory next to the recipe
+            model["ref"] = str(local.resolve())
     launch = data.get("launch")
     if isinstance(launch, dict) and isinstance(launch.get("accelerate_config"), str):
         name = launch["accelerate_config"]
@@ -247,16 +256,25 @@ def check_inputs(cfg: Config, origin: str) -> None:
 
 
 def read_jsonl_field(path: str, field: str, origin: str, key: str) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    """Rows with a unique non-empty string 'id' and a non-empty string `field`."""
+    rows, ids = [], set()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{origin}: {key}: {path} is not UTF-8 text") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise RecipeError(f"{origin}: {key}: {path} line {n} is not valid JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
-            raise RecipeError(f"{origin}: {key}: {path} line {n} has no non-empty {field!r} string")
+        for name in ("id", field):
+            if not isinstance(row, dict) or not isinstance(row.get(name), str) or not row[name].strip():
+                raise RecipeError(f"{origin}: {key}: {path} line {n} has no non-empty {name!r} string")
+        if row["id"] in ids:
+            raise RecipeError(f"{origin}: {key}: {path} line {n} repeats the id {row['id']!r}")
+        ids.add(row["id"])
         rows.append(row)
     if not rows:
         raise RecipeError(f"{origin}: {key}: {path} is empty")
@@ -266,15 +284,36 @@ def read_jsonl_field(path: str, field: str, origin: str, key: str) -> list[dict]
 def _check_template(path: str, names: set[str], origin: str, key: str) -> None:
     import string
 
-    text = Path(path).read_text()
     try:
+        text = Path(path).read_text(encoding="utf-8")
         found = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except UnicodeDecodeError:
+        raise RecipeError(f"{origin}: {key}: {path} is not UTF-8 text") from None
     except ValueError as e:
         raise RecipeError(f"{origin}: {key}: {path}: bad template ({e})") from None
     if found != names:
         want = ", ".join("{" + n + "}" for n in sorted(names))
         raise RecipeError(f"{origin}: {key}: {path} must use exactly the placeholders {want}, found "
                           f"{sorted(found) or 'none'}")
+
+
+def identity(data: dict) -> dict:
+    """A resolved config as a run is identified by it: files by content (a moved checkout is the same run),
+    operational keys left out."""
+    from selfreward.models import sha256_file
+
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for section, key in PATH_FIELDS:
+        path = data.get(section, {}).get(key)
+        if isinstance(path, str) and Path(path).is_file():
+            data[section][key] = "sha256:" + sha256_file(path)
+    for op in OPERATIONAL:
+        section, _, key = op.partition(".")
+        if not key:
+            data.pop(section, None)
+        elif isinstance(data.get(section), dict):
+            data[section].pop(key, None)
+    return data
 
 
 def dump(cfg: Config) -> str:

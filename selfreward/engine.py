@@ -215,7 +215,9 @@ def for_config(cfg):
     key = (cfg.model.engine, path)
     if key not in _ENGINES:
         if cfg.model.engine == "vllm":
-            _ENGINES[key] = VLLMEngine(path, cfg.model, max_lora_rank=max(16, cfg.train.lora_r))
+            # vLLM accepts only these ranks as max_lora_rank; adapters of any rank up to it are served
+            rank = next(r for r in (16, 32, 64, 128, 256, 320, 512) if r >= cfg.train.lora_r)
+            _ENGINES[key] = VLLMEngine(path, cfg.model, max_lora_rank=rank)
         else:
             _ENGINES[key] = HFEngine(path, cfg.model)
     return _ENGINES[key]

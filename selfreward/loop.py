@@ -1,7 +1,6 @@
 """The self-rewarding loop: the only module that imports more than one stage package."""
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from selfreward import artifacts
-from selfreward.config import Config, RecipeError, dump
+from selfreward.config import Config, RecipeError, dump, identity
 from selfreward.records import read_json, write_atomic, write_json
 from selfreward.tracking import Tracker
 
@@ -30,16 +29,20 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     path = run_dir / "run.yaml"
     if path.exists():
         old = yaml.safe_load(path.read_text())
-        changed = artifacts.changed_keys(old, cfg.model_dump(mode="json"))
+        changed = artifacts.changed_keys(identity(old), identity(cfg.model_dump(mode="json")))
         if changed and not force:
             raise RecipeError(f"{path}: the run was started with a different config (changed: {', '.join(changed)}); "
                               f"use another run.name, or --force to redo the affected stages")
         if changed:
             write_atomic(path.with_name(f"run.replaced-{time.strftime('%Y%m%dT%H%M%S')}.yaml"), path.read_text())
+        if path.read_text() != text:  # operational keys (iterations, shard sizes, tracking) may change on resume
             write_atomic(path, text)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, text)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, text)
+        except OSError as e:
+            raise RecipeError(f"run.output_dir: cannot create {run_dir}: {e.strerror or e}") from None
     if artifacts.read_state(run_dir) is None:
         artifacts.write_state(run_dir, {"promoted_iteration": 0, "model": cfg.model.ref, "adapter": None,
                                         "history": []})
@@ -58,9 +61,7 @@ def _start_iteration(run_dir: Path, k: int) -> Path:
 def _run_stage(cfg: Config, module, name: str, iter_dir: Path, force: bool) -> dict:
     if cfg.launch.mode == "subprocess" and name != "train":  # train launches itself (accelerate)
         cmd = [sys.executable, "-m", name, str(iter_dir.parent), str(int(iter_dir.name[5:]))]
-        rc = subprocess.run(cmd + (["--force"] if force else [])).returncode
-        if rc != 0:
-            raise RuntimeError(f"stage {name} exited with code {rc}")
+        artifacts.run_child(cmd + (["--force"] if force else []), iter_dir / name)
         return read_json(iter_dir / name / "manifest.json")
     return module.run(cfg, iter_dir, force)
 
@@ -78,21 +79,18 @@ def _conclude(run_dir: Path, k: int, promoted: bool, reasons: list[str]) -> None
 
 
 def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Tracker) -> bool:
-    from train.dpo import TrainingDiverged
-    from train.stage import NoPairs
-
     iter_dir = _start_iteration(run_dir, k)
     for name, module in _stages():
         existed = (iter_dir / name / "manifest.json").exists()
         try:
             manifest = _run_stage(cfg, module, name, iter_dir, force)
-        except (NoPairs, TrainingDiverged) as e:
+        except artifacts.IterationEnded as e:
             print(f"[iter {k}] {name}: {e}; iteration ends without promotion", flush=True)
             _conclude(run_dir, k, False, [str(e)])
             return False
         note = " (already done, skipped)" if existed and not force else ""
         print(f"[iter {k}] {module.summary(manifest)} [{manifest['wall_time_s']:.0f}s]{note}", flush=True)
-        tracker.log(k, name, manifest["metrics"], iter_dir / name / "manifest.json")
+        tracker.log(k, name, manifest)
     decision = read_json(iter_dir / "eval" / "decision.json")
     _conclude(run_dir, k, decision["passed"], decision["reasons"])
     verdict = "promoted" if decision["passed"] else "not promoted"
@@ -114,7 +112,7 @@ def run(cfg: Config, force: bool = False) -> Path:
     tracker = Tracker(cfg, run_dir)
     try:
         base = evaluation.baseline(cfg, run_dir, force)
-        tracker.log(0, "eval", base["metrics"])
+        tracker.log(0, "eval", base)
         print(f"[iter 0] baseline M0: distinct-2 {base['metrics']['distinct2']:.3f}, length "
               f"{base['metrics']['length_mean']:.1f} tokens, judge parse rate "
               f"{base['metrics']['judge_parse_rate']:.2f}", flush=True)

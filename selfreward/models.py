@@ -63,6 +63,14 @@ def check_ref(ref: str) -> None:
         return
     if not _looks_like_hub_id(ref):
         raise ModelRefError(f"{ref!r} is neither an existing directory, a hub id (org/name) nor embedded:<name>")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(ref):
+        raise ModelRefError(f"{ref!r} is not a local directory, and HF_HUB_OFFLINE=1 forbids downloading it")
+
+
+def _in_hub_cache(ref: str) -> bool:
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{ref.replace('/', '--')}").is_dir()
 
 
 def _looks_like_hub_id(ref: str) -> bool:

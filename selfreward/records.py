@@ -83,9 +83,8 @@ def run_sharded(items: Sequence, shard_size: int, shard_dir: Path, prefix: str,
     for index, start in enumerate(starts):
         path = shard_dir / f"{prefix}-{index:05d}.jsonl"
         chunk = items[start:start + shard_size]
-        if path.exists():
-            rows = read_jsonl(path)
-        else:
+        rows = read_jsonl(path) if path.exists() else None
+        if rows is None or len(rows) != len(chunk):  # a shard cut at other boundaries is redone
             if stop_requested():
                 bar.close()
                 raise Preempted(f"stopped before {path.name} on signal {_stop_requested[0]}")

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import re
 
-_SCORE = re.compile(r"score\s*[:=]\s*\**\s*([0-9](?:\.\d+)?)\s*\**\s*(?:/\s*5|out of 5|points?)?", re.IGNORECASE)
+_SCORE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+))?", re.IGNORECASE)
 _WINNER = re.compile(r"winner\s*[:=]\s*\**\s*(?:response\s*)?\(?([AB])\b", re.IGNORECASE)
 
 
 def parse_score(text: str, lo: int = 0, hi: int = 5) -> float | None:
     """The first 'Score: N' in the text (the rubric asks for the score first), N in [lo, hi]; else None."""
     match = _SCORE.search(text)
-    if not match:
-        return None
+    if not match or match.group(2) is not None and int(match.group(2)) != hi:
+        return None  # "Score: 4/10" is on another scale: not a rubric score
     value = float(match.group(1))
     return value if lo <= value <= hi else None
 

@@ -25,18 +25,19 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self._wandb = None
 
-    def _logged(self) -> set[tuple[int, str]]:
-        return {(r["iteration"], r["stage"]) for r in read_jsonl(self.path)} if self.path.exists() else set()
-
-    def log(self, iteration: int, stage: str, metrics: dict, manifest_path: Path | None = None) -> None:
-        """One line per (iteration, stage); a stage skipped on rerun is not logged twice."""
-        if (iteration, stage) in self._logged():
-            return
+    def log(self, iteration: int, stage: str, manifest: dict) -> None:
+        """One line per (iteration, stage): a stage skipped on rerun is not logged twice, a redone one
+        (another config hash) replaces its line."""
         rows = read_jsonl(self.path) if self.path.exists() else []
-        rows.append({"iteration": iteration, "stage": stage, "metrics": metrics})
+        line = {"iteration": iteration, "stage": stage, "config_hash": manifest["config_hash"],
+                "metrics": manifest["metrics"]}
+        if line in rows:
+            return
+        rows = [r for r in rows if (r["iteration"], r["stage"]) != (iteration, stage)] + [line]
         write_atomic(self.path, dumps_jsonl(rows))
+        metrics = manifest["metrics"]
         if self.cfg.tracking.wandb:
-            self._wandb_log(iteration, stage, metrics, manifest_path)
+            self._wandb_log(iteration, stage, metrics)
 
     def _init_wandb(self):
         import wandb
@@ -49,7 +50,7 @@ class Tracker:
                                  config=self.cfg.model_dump(mode="json"))
         return self._wandb
 
-    def _wandb_log(self, iteration: int, stage: str, metrics: dict, manifest_path: Path | None) -> None:
+    def _wandb_log(self, iteration: int, stage: str, metrics: dict) -> None:
         import wandb
 
         run = self._wandb or self._init_wandb()

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from selfreward import artifacts, models
 from selfreward.config import Config
+from selfreward.records import Preempted, stop_requested
 
 # keys selfreward sets from its own recipe fields; dpo_overrides may not redefine where artifacts go
 _RESERVED = {"output_dir", "logging_dir"}
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(artifacts.IterationEnded):
     """The loss became NaN or infinite: the adapter is not saved and the iteration is not promoted."""
 
 
@@ -45,6 +46,19 @@ def build_dpo_config(cfg: Config, output_dir: str):
     return DPOConfig(**kwargs)
 
 
+def _stop_on_signal():
+    """SIGTERM/SIGUSR1 (SLURM preemption): finish the step in flight, save a checkpoint, stop."""
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_requested():
+                control.should_save = True
+                control.should_training_stop = True
+
+    return StopOnSignal()
+
+
 def use_bf16(precision: str) -> bool:
     """bf16 autocast: on CPUs with AVX512-BF16 or AMX it trains about 1.6x faster than fp32 (docs/benchmarks.md)."""
     import torch
@@ -58,9 +72,11 @@ def use_bf16(precision: str) -> bool:
 
 
 def _last_checkpoint(ckpt_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    """The newest complete checkpoint: a kill during a save leaves one without trainer_state.json (written last)."""
+    if not ckpt_dir.is_dir():
+        return None
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
 
 
 _ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
@@ -125,7 +141,10 @@ def fit(cfg: Config, iter_dir: Path):
     args = build_dpo_config(cfg, str(out_dir / "checkpoints"))
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config)
+    trainer.add_callback(_stop_on_signal())
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(out_dir / "checkpoints"))
+    if stop_requested():
+        raise Preempted(f"training stopped after step {trainer.state.global_step}; checkpoint saved")
     bad = [h["step"] for h in trainer.state.log_history if "loss" in h and not math.isfinite(h["loss"])]
     if bad:
         raise TrainingDiverged(f"DPO loss became non-finite at step {bad[0]}")

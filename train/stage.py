@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from selfreward.config import Config
 from selfreward.records import read_json, read_jsonl
 
 
-class NoPairs(RuntimeError):
+class NoPairs(artifacts.IterationEnded):
     """Zero usable pairs: there is nothing to train on, and the iteration ends without promotion."""
 
 
@@ -21,7 +20,17 @@ def stage_config(cfg: Config, iter_dir: Path) -> dict:
     t.pop("save_steps")  # where checkpoints are cut does not change the result
     upstream = read_json(iter_dir / "judge" / "manifest.json")["config_hash"]
     return {"train": t, "judge": upstream, "seed": cfg.run.seed, "model": cfg.model.ref,
-            "lineage": artifacts.lineage(iter_dir)}
+            "lineage": artifacts.lineage_config(iter_dir), "world_size": _world_size(cfg)}
+
+
+def _world_size(cfg: Config) -> int:
+    """Processes training runs on: with batch size and accumulation it fixes the effective batch."""
+    if cfg.launch.mode != "subprocess" or not cfg.launch.accelerate_config:
+        return 1
+    import yaml
+
+    launch = yaml.safe_load(Path(cfg.launch.accelerate_config).read_text()) or {}
+    return cfg.launch.num_processes or int(launch.get("num_processes", 1))
 
 
 def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
@@ -64,13 +73,15 @@ def launch_command(cfg: Config, iter_dir: Path, force: bool) -> list[str]:
 def _launch(cfg: Config, iter_dir: Path, force: bool) -> None:
     cmd = launch_command(cfg, iter_dir, force)
     print("+ " + " ".join(cmd), flush=True)
-    rc = subprocess.run(cmd).returncode
-    if rc != 0 or not (iter_dir / "train" / "manifest.json").exists():
-        raise RuntimeError(f"training exited with code {rc} ({' '.join(cmd)})")
+    artifacts.run_child(cmd, iter_dir / "train")
 
 
 def summary(m: dict) -> str:
     x = m["metrics"]
-    return (f"train: {x['pairs']} pairs, {x['steps']} steps, loss {x['loss_first']:.4f} -> {x['loss_last']:.4f}, "
-            f"reward accuracy {x['reward_accuracy_mean'] or 0:.2f}, {x['samples_per_s']} samples/s "
+
+    def f(key):
+        return "n/a" if x.get(key) is None else f"{x[key]:.4f}"
+
+    return (f"train: {x['pairs']} pairs, {x['steps']} steps, loss {f('loss_first')} -> {f('loss_last')}, "
+            f"reward accuracy {f('reward_accuracy_mean')}, {x['samples_per_s']} samples/s "
             f"on {x['world_size']} process(es)")

@@ -28,7 +28,23 @@ def test_changed_config_is_an_error_naming_keys_or_kept_aside_with_force(tmp_pat
         artifacts.existing(stage, new, force=False)
     assert artifacts.existing(stage, new, force=True) is None
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("train.replaced-")]
-    assert len(aside) == 1 and (aside[0] / "manifest.json").exists() and not stage.exists()
+    assert len(aside) == 1 and (aside[0] / "manifest.json").exists()
+    assert not (stage / "manifest.json").exists()
+    assert json.loads((stage / "started.json").read_text())["config"] == new
+
+
+def test_partial_stage_is_bound_to_the_config_that_started_it(tmp_path):
+    stage = tmp_path / "data_gen"
+    old = {"data_gen": {"temperature": 0.8}}
+    assert artifacts.existing(stage, old, force=False) is None
+    write_jsonl(stage / "shards" / "responses-00000.jsonl", [{"x": 1}])  # then killed
+    assert artifacts.existing(stage, old, force=False) is None  # same config: resume, shards kept
+    assert (stage / "shards" / "responses-00000.jsonl").exists()
+    with pytest.raises(artifacts.StageConflict, match=r"started with a different config \(changed: "
+                                                      r"data_gen\.temperature\)"):
+        artifacts.existing(stage, {"data_gen": {"temperature": 1.0}}, force=False)
+    assert artifacts.existing(stage, {"data_gen": {"temperature": 1.0}}, force=True) is None
+    assert not (stage / "shards").exists()  # the old shards went aside with the old stage
 
 
 def test_shards_are_reused_and_preemption_stops_between_shards(tmp_path):
@@ -46,6 +62,9 @@ def test_shards_are_reused_and_preemption_stops_between_shards(tmp_path):
     calls.clear()
     assert run_sharded(items, 4, tmp_path, "part", work, "t") == rows
     assert calls == [[4, 5, 6, 7]]
+    write_jsonl(tmp_path / "part-00002.jsonl", [{"x": 8, "sq": 64}])  # a shard cut elsewhere is redone
+    calls.clear()
+    assert run_sharded(items, 4, tmp_path, "part", work, "t") == rows and calls == [[8, 9]]
     (tmp_path / "part-00002.jsonl").unlink()
     _stop_requested.append(15)
     try:

@@ -74,3 +74,21 @@ def test_run_yaml_round_trip(tmp_path, recipe_data):
     cfg = load(tmp_path, recipe_data)
     (tmp_path / "run.yaml").write_text(config.dump(cfg))
     assert config.from_run_yaml(tmp_path / "run.yaml") == cfg
+
+
+def test_model_dir_relative_to_recipe_and_offline_hub_id(tmp_path, recipe_data, monkeypatch):
+    (tmp_path / "mymodel").mkdir()
+    (tmp_path / "mymodel" / "config.json").write_text("{}")
+    recipe_data["model"] = {"ref": "mymodel"}
+    assert load(tmp_path, recipe_data).model.ref == str(tmp_path / "mymodel")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe_data["model"] = {"ref": "models/typo"}
+    with pytest.raises(RecipeError, match=r"model.ref: 'models/typo' is not a local directory, and HF_HUB_OFFLINE"):
+        load(tmp_path, recipe_data)
+
+
+def test_seed_ids_must_be_unique(tmp_path, recipe_data):
+    (tmp_path / "seeds" / "instructions.jsonl").write_text(
+        '{"id": "a", "instruction": "x y z w"}\n{"id": "a", "instruction": "u v w x"}\n')
+    with pytest.raises(RecipeError, match=r"line 2 repeats the id 'a'"):
+        load(tmp_path, recipe_data)

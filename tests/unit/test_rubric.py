@@ -15,7 +15,8 @@ def test_scores_parse(text, score):
     assert parse_score(text) == score
 
 
-@pytest.mark.parametrize("text", ["", "I would give it four points.", "Score: 7", "Score: ten", "Scores vary"])
+@pytest.mark.parametrize("text", ["", "I would give it four points.", "Score: 7", "Score: ten", "Scores vary",
+                                  "Score: 10", "Score: 10/10", "Score: 4/10", "Score: 15"])
 def test_unparsable_or_out_of_range_is_none(text):
     assert parse_score(text) is None
 
