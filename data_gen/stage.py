@@ -21,7 +21,7 @@ def stage_config(cfg: Config, iter_dir: Path) -> dict:
 
 
 def _earlier_prompt_files(iter_dir: Path) -> list[Path]:
-    k = int(iter_dir.name.split("_")[1])
+    k = artifacts.iteration_of(iter_dir)
     paths = [artifacts.iteration_dir(iter_dir.parent, j) / "data_gen" / "prompts.jsonl" for j in range(1, k)]
     return [p for p in paths if p.exists()]
 
@@ -38,7 +38,7 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
     if done:
         return done
     started = time.time()
-    k = int(iter_dir.name.split("_")[1])
+    k = artifacts.iteration_of(iter_dir)
     adapter = artifacts.parent_adapter(iter_dir)
     engine = engines.for_config(cfg)
     seeds = read_jsonl(cfg.data_gen.seeds)

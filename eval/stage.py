@@ -133,7 +133,7 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
     if done:
         return done
     started = time.time()
-    k = int(iter_dir.name.split("_")[1])
+    k = artifacts.iteration_of(iter_dir)
     lin = artifacts.lineage(iter_dir)
     engine = engines.for_config(cfg)
     adapter = str((iter_dir / "train" / "adapter").resolve())

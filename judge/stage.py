@@ -27,7 +27,7 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
     if done:
         return done
     started = time.time()
-    k = int(iter_dir.name.split("_")[1])
+    k = artifacts.iteration_of(iter_dir)
     adapter = artifacts.parent_adapter(iter_dir)
     engine = engines.for_config(cfg)
     prompts = read_jsonl(iter_dir / "data_gen" / "prompts.jsonl")

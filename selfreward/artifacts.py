@@ -132,6 +132,10 @@ def iteration_dir(run_dir: Path, k: int) -> Path:
     return Path(run_dir) / f"iter_{k:03d}"
 
 
+def iteration_of(iter_dir: Path) -> int:
+    return int(Path(iter_dir).name.split("_")[1])
+
+
 def read_state(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "state.json"
     return read_json(path) if path.exists() else None

@@ -60,7 +60,7 @@ def _start_iteration(run_dir: Path, k: int) -> Path:
 
 def _run_stage(cfg: Config, module, name: str, iter_dir: Path, force: bool) -> dict:
     if cfg.launch.mode == "subprocess" and name != "train":  # train launches itself (accelerate)
-        cmd = [sys.executable, "-m", name, str(iter_dir.parent), str(int(iter_dir.name[5:]))]
+        cmd = [sys.executable, "-m", name, str(iter_dir.parent), str(artifacts.iteration_of(iter_dir))]
         artifacts.run_child(cmd + (["--force"] if force else []), iter_dir / name)
         return read_json(iter_dir / name / "manifest.json")
     return module.run(cfg, iter_dir, force)

@@ -60,7 +60,7 @@ def run_local(cfg: Config, iter_dir: Path, config: dict | None = None) -> dict:
 
 
 def launch_command(cfg: Config, iter_dir: Path, force: bool) -> list[str]:
-    stage_args = ["-m", "train", str(iter_dir.parent), str(int(iter_dir.name.split("_")[1]))]
+    stage_args = ["-m", "train", str(iter_dir.parent), str(artifacts.iteration_of(iter_dir))]
     stage_args += ["--force"] if force else []
     if not cfg.launch.accelerate_config:
         return [sys.executable, *stage_args]
