@@ -154,7 +154,8 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
                "previous": {key: prev_metrics[key] for key in ("distinct2", "length_mean", "judge_parse_rate",
                                                                 "judge_saturation")},
                "length_ratio": side["length_mean"] / max(prev_metrics["length_mean"], 1e-9),
-               "distinct2_ratio": side["distinct2"] / max(prev_metrics["distinct2"], 1e-9)}
+               "distinct2_ratio": side["distinct2"] / max(prev_metrics["distinct2"], 1e-9),
+               "judge_parse_rate_delta": judged["judge_parse_rate"] - prev_metrics["judge_parse_rate"]}
     decision = gate.decide(metrics, cfg.eval)
     decision.update({"iteration": k, "candidate": f"iter_{k:03d}/train/adapter",
                      "previous_iteration": lin["parent_iteration"]})

@@ -82,7 +82,7 @@ class JudgeCfg(Section):
     num_judgments: int = Field(1, ge=1, description="Judgments sampled per response; valid scores are averaged.")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = greedy).")
     max_tokens: int = Field(96, ge=8, description="Token budget of one judgment.")
-    prefill: str = Field("Score:", description="Text each judgment starts with; the rubric asks for the score "
+    prefill: str = Field("Score: ", description="Text each judgment starts with; the rubric asks for the score "
                                                "first, so small models answer in the parsable format.")
     pair_strategy: Literal["best_worst"] = Field("best_worst", description="How chosen/rejected are picked.")
     min_margin: float = Field(0.0, ge=0, description="Minimum chosen-rejected score gap; ties never pair.")
@@ -123,7 +123,8 @@ class EvalCfg(Section):
     min_length_ratio: float = Field(0.5, gt=0, lt=1, description="Gate: candidate/previous mean length at least this.")
     min_distinct2_ratio: float = Field(0.8, gt=0, le=1,
                                        description="Gate: candidate distinct-2 at least this times previous.")
-    min_parse_rate: float = Field(0.5, ge=0, le=1, description="Gate: candidate-as-judge parse rate at least this.")
+    max_parse_rate_drop: float = Field(0.2, ge=0, le=1, description="Gate: candidate-as-judge parse rate at most "
+                                                                       "this below the previous model's.")
     shard_size: int = Field(64, ge=1, description="Probe generations per shard.")
 
 
