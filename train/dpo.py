@@ -60,7 +60,7 @@ def _stop_on_signal():
 
 
 def use_bf16(precision: str) -> bool:
-    """bf16 autocast: on CPUs with AVX512-BF16 or AMX it trains about 1.6x faster than fp32 (docs/benchmarks.md)."""
+    """bf16 autocast: on CPUs with AVX512-BF16 or AMX it trains about 1.9x faster than fp32 (docs/benchmarks.md)."""
     import torch
 
     if precision != "auto":
