@@ -31,4 +31,8 @@ def test_metrics_jsonl_and_offline_wandb(tmp_path, recipe_data, monkeypatch):
     assert [(r["stage"], r["config_hash"]) for r in rows] == [("eval", "h2"), ("judge", "h3")]
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
-    assert json.loads(next((run_dir / "wandb").rglob("wandb-summary.json")).read_text())["judge/pairs"] == 2
+    # the judge stage's sample table was logged once per judge line written (h1, then h3)
+    tables = sorted(offline[0].rglob("pairs_sample_*.table.json"))
+    assert len(tables) == 2
+    table = json.loads(tables[-1].read_text())
+    assert table["columns"][:3] == ["prompt", "chosen", "rejected"] and table["data"][0][:3] == ["q", "a", "b"]
