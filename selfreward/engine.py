@@ -131,13 +131,11 @@ class HFEngine:
                                                          trust_remote_code=cfg.trust_remote_code).eval()
         self.model = self.base
         self._adapters = _AdapterIds()
-        self._active: str | None = None
 
     def _use(self, adapter: str | None):
         from peft import PeftModel
 
         if adapter is None:
-            self._active = None
             return self.base if self.model is self.base else self.model.get_base_model()
         name = f"a{self._adapters.get(adapter)}"
         if self.model is self.base:
@@ -146,7 +144,6 @@ class HFEngine:
             self.model.load_adapter(adapter, adapter_name=name)
         self.model.set_adapter(name)
         self.model.base_model.enable_adapter_layers()
-        self._active = name
         return self.model
 
     def _call(self, adapter, fn):
