@@ -301,13 +301,13 @@ def _check_template(path: str, names: set[str], origin: str, key: str) -> None:
 def identity(data: dict) -> dict:
     """A resolved config as a run is identified by it: files by content (a moved checkout is the same run),
     operational keys left out."""
-    from selfreward.models import sha256_file
+    from selfreward.artifacts import file_digest
 
     data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
     for section, key in PATH_FIELDS:
         path = data.get(section, {}).get(key)
         if isinstance(path, str) and Path(path).is_file():
-            data[section][key] = "sha256:" + sha256_file(path)
+            data[section][key] = file_digest(path)
     for op in OPERATIONAL:
         section, _, key = op.partition(".")
         if not key:

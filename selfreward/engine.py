@@ -42,6 +42,14 @@ class Completion:
     first_token_logprobs: dict[str, float] | None = None  # decoded token -> logprob, when asked for
 
 
+def _by_text(token_logprobs) -> dict[str, float]:
+    """Decoded token -> logprob; several ids can decode alike, and the likelier one is kept."""
+    table: dict[str, float] = {}
+    for text, logprob in token_logprobs:
+        table[text] = max(logprob, table.get(text, float("-inf")))
+    return table
+
+
 @dataclass
 class _AdapterIds:
     ids: dict[str, int] = field(default_factory=dict)
@@ -100,9 +108,7 @@ class VLLMEngine:
             c = o.outputs[0]
             first = None
             if sampling.top_logprobs and c.logprobs:
-                first = {}
-                for lp in c.logprobs[0].values():  # several ids can decode alike: keep the likelier
-                    first[lp.decoded_token] = max(lp.logprob, first.get(lp.decoded_token, float("-inf")))
+                first = _by_text((lp.decoded_token, lp.logprob) for lp in c.logprobs[0].values())
             result.append(Completion(c.text, len(c.token_ids), c.finish_reason or "", first))
         return result
 
@@ -176,10 +182,8 @@ class HFEngine:
             if sampling.top_logprobs:
                 logp = torch.log_softmax(gen.logits[0][0].float(), dim=-1)  # raw, like vLLM's logprobs
                 top = torch.topk(logp, sampling.top_logprobs)
-                first = {}
-                for lp, tid in zip(top.values.tolist(), top.indices.tolist()):
-                    tok = self.tokenizer.decode([tid])
-                    first[tok] = max(lp, first.get(tok, float("-inf")))
+                first = _by_text((self.tokenizer.decode([t]), lp)
+                                 for lp, t in zip(top.values.tolist(), top.indices.tolist()))
             out.append(Completion(text, len(new), "stop" if finished else "length", first))
         return out
 
