@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 def worker(precision: str, pairs: Path, n: int) -> dict:
     from selfreward.config import Config
     from selfreward.records import write_json
-    from train.dpo import fit
+    from selfreward.train.dpo import fit
 
     cfg = Config()
     cfg.train.precision = precision

@@ -1,6 +1,6 @@
-"""`python -m data_gen RUN_DIR ITERATION [--force]`: the stage in its own process (launch.mode: subprocess)."""
-from data_gen.stage import run
-from selfreward.artifacts import stage_main
+"""`python -m selfreward.data_gen RUN_DIR ITERATION`: the stage's work in its own process (launch.mode: subprocess)."""
+from selfreward.launch import stage_main
+from selfreward.data_gen.stage import STAGE
 
 if __name__ == "__main__":
-    stage_main(run, "data_gen")
+    stage_main(STAGE)

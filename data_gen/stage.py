@@ -1,23 +1,25 @@
-"""data_gen: new prompts from M(k-1) (self-instruct), then N sampled responses per prompt."""
+"""data_gen: new prompts from M(k-1) (self-instruct), then N sampled responses per prompt.
+
+Contract: reads the seeds and earlier iterations' prompts; writes `prompts.jsonl` ({id, instruction, source,
+round, fewshot_ids}) and `responses.jsonl` ({id, prompt_id, sample, response, n_tokens, finish_reason, seed}).
+Every request is seeded by its row, so a resumed stage produces the same rows.
+"""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from data_gen.prompts import synthesize
 from selfreward import artifacts, engine as engines
 from selfreward.config import Config
+from selfreward.data_gen.prompts import synthesize
 from selfreward.engine import Request, Sampling, seed_for
+from selfreward.launch import IterationEnded
+from selfreward.lifecycle import Outputs, Stage
+from selfreward.models import file_digest
 from selfreward.records import read_jsonl, run_sharded, write_jsonl
 
 
-def stage_config(cfg: Config, iter_dir: Path) -> dict:
-    dg = cfg.data_gen.model_dump(mode="json")
-    dg["seeds"] = artifacts.file_digest(cfg.data_gen.seeds)
-    dg.pop("shard_size")  # shard size changes where work is cut, not what is produced
-    return {"data_gen": dg, "model": {"ref": cfg.model.ref, "dtype": cfg.model.dtype, "engine": cfg.model.engine},
-            "seed": cfg.run.seed, "lineage": artifacts.lineage_config(iter_dir),
-            "earlier_prompts": [artifacts.file_digest(p) for p in _earlier_prompt_files(iter_dir)]}
+def _earlier_inputs(cfg: Config, iter_dir: Path) -> dict:
+    return {"earlier_prompts": [file_digest(p) for p in _earlier_prompt_files(iter_dir)]}
 
 
 def _earlier_prompt_files(iter_dir: Path) -> list[Path]:
@@ -31,13 +33,8 @@ def _earlier_prompts(iter_dir: Path) -> list[str]:
     return [r["instruction"] for p in _earlier_prompt_files(iter_dir) for r in read_jsonl(p)]
 
 
-def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
+def run(cfg: Config, iter_dir: Path) -> Outputs:
     out_dir = iter_dir / "data_gen"
-    config = stage_config(cfg, iter_dir)
-    done = artifacts.existing(out_dir, config, force)
-    if done:
-        return done
-    started = time.time()
     k = artifacts.iteration_of(iter_dir)
     adapter = artifacts.parent_adapter(iter_dir)
     engine = engines.for_config(cfg)
@@ -45,7 +42,7 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
     seen = [s["instruction"] for s in seeds] + _earlier_prompts(iter_dir)
     prompts, pstats = synthesize(engine, cfg, k, seeds, seen, adapter, out_dir / "shards", run_sharded)
     if not prompts:
-        raise artifacts.IterationEnded(f"iteration {k}: no synthesised instruction passed the filters "
+        raise IterationEnded(f"iteration {k}: no synthesised instruction passed the filters "
                            f"({pstats['candidates']} candidates, rejected: {pstats['rejected']})")
     write_jsonl(out_dir / "prompts.jsonl", prompts)
 
@@ -69,9 +66,7 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
     metrics = {**{f"prompts_{key}": v for key, v in pstats.items()},
                "responses": len(responses), "response_tokens_mean": round(sum(n_tok) / len(n_tok), 2),
                "truncated_rate": round(sum(r["finish_reason"] == "length" for r in responses) / len(responses), 4)}
-    return artifacts.write_manifest(out_dir, "data_gen", config,
-                                    {"prompts": out_dir / "prompts.jsonl", "responses": out_dir / "responses.jsonl"},
-                                    metrics, started)
+    return Outputs({"prompts": out_dir / "prompts.jsonl", "responses": out_dir / "responses.jsonl"}, metrics)
 
 
 def summary(m: dict) -> str:
@@ -79,3 +74,7 @@ def summary(m: dict) -> str:
     return (f"data_gen: {x['prompts_accepted']} prompts ({x['prompts_candidates']} candidates, "
             f"acceptance {x['prompts_acceptance_rate']:.0%}), {x['responses']} responses, "
             f"{x['response_tokens_mean']:.0f} tokens mean, {x['truncated_rate']:.0%} truncated")
+
+
+STAGE = Stage("data_gen", reads=("data_gen", "model", "run.seed"), run=run, summary=summary, lineage=True,
+              extra=_earlier_inputs)

@@ -1,6 +1,6 @@
-"""`python -m eval RUN_DIR ITERATION [--force]`: the stage in its own process (launch.mode: subprocess)."""
-from eval.stage import run
-from selfreward.artifacts import stage_main
+"""`python -m selfreward.eval RUN_DIR ITERATION`: the stage's work in its own process (launch.mode: subprocess)."""
+from selfreward.launch import stage_main
+from selfreward.eval.stage import STAGE
 
 if __name__ == "__main__":
-    stage_main(run, "eval")
+    stage_main(STAGE)

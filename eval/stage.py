@@ -1,29 +1,26 @@
 """eval: the candidate M(k) against M(k-1) on the fixed probe set, then the gate's decision.
 
-Probe samples are seeded by probe id only, so a model's probe responses are the same in every iteration;
-iteration k reuses M(k-1)'s from the iteration that produced it (iter_000/eval holds M0's baseline).
+Contract: probe samples are seeded by probe id only, so a model's probe responses are the same in every
+iteration; iteration k reuses M(k-1)'s from the iteration that produced it (iter_000/eval holds M0's baseline,
+the `BASELINE` stage). Writes `probes.jsonl`, `metrics.json` and, for k >= 1, the gate's `decision.json`.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from eval import gate
-from eval.metrics import both_order_outcome, both_order_probability, distinct_n, kl_estimate, mean
 from selfreward import artifacts, engine as engines
 from selfreward.config import Config
 from selfreward.engine import Request, Sampling, ScoreRequest, seed_for
+from selfreward.eval import gate
+from selfreward.eval.metrics import both_order_outcome, both_order_probability, distinct_n, kl_estimate, mean
+from selfreward.judging import (TOP_LOGPROBS, SCORE_MAX, judge_request, pairwise_request, parse_score,
+                                parse_winner, preference_a, read_template)
+from selfreward.lifecycle import Outputs, Stage
 from selfreward.records import read_json, read_jsonl, run_sharded, write_json, write_jsonl
-from selfreward.rubric import parse_score, parse_winner, preference_a
 
-
-def _probe_config(cfg: Config) -> dict:
-    ev = cfg.eval
-    return {"probes": artifacts.file_digest(ev.probes), "temperature": ev.temperature, "max_tokens": ev.max_tokens,
-            "constitution": artifacts.file_digest(cfg.judge.constitution), "judge_max_tokens": cfg.judge.max_tokens,
-            "judge_prefill": cfg.judge.prefill,
-            "model": {"ref": cfg.model.ref, "dtype": cfg.model.dtype, "engine": cfg.model.engine},
-            "seed": cfg.run.seed}
+# what decides a model's probe responses and its self-judging of them
+PROBE_KEYS = ("eval.probes", "eval.temperature", "eval.max_tokens", "judge.constitution", "judge.max_tokens",
+              "judge.prefill", "model", "run.seed")
 
 
 def _user(text: str) -> list[dict]:
@@ -45,13 +42,13 @@ def probe_responses(engine, cfg: Config, adapter: str | None, shard_dir: Path, l
 
 def self_judge(engine, cfg: Config, adapter: str | None, rows: list[dict], shard_dir: Path, label: str) -> dict:
     """The model judges its own probe responses: can it still judge (parse rate), does it saturate?"""
-    template = Path(cfg.judge.constitution).read_text()
+    template = read_template(cfg.judge.constitution)
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.judge.max_tokens)
 
     def work(chunk):
         prefill = cfg.judge.prefill
-        outs = engine.generate([Request(_user(template.format(instruction=r["prompt"], response=r["response"])),
-                                        0, adapter, prefill) for r in chunk], sampling)
+        outs = engine.generate([judge_request(template, r["prompt"], r["response"], 0, adapter, prefill)
+                                for r in chunk], sampling)
         return [{"id": r["id"], "raw": prefill + o.text, "score": parse_score(prefill + o.text)}
                 for r, o in zip(chunk, outs)]
 
@@ -59,7 +56,7 @@ def self_judge(engine, cfg: Config, adapter: str | None, rows: list[dict], shard
     scores = [j["score"] for j in judged if j["score"] is not None]
     return {"judge_parse_rate": len(scores) / len(judged) if judged else None,
             "judge_score_mean": mean(scores),
-            "judge_saturation": sum(s == 5 for s in scores) / len(scores) if scores else None}
+            "judge_saturation": sum(s == SCORE_MAX for s in scores) / len(scores) if scores else None}
 
 
 def _side_metrics(rows: list[dict]) -> dict:
@@ -68,45 +65,28 @@ def _side_metrics(rows: list[dict]) -> dict:
             "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / len(rows)}
 
 
-def baseline(cfg: Config, run_dir: Path, force: bool = False) -> dict:
+def baseline(cfg: Config, iter_dir: Path) -> Outputs:
     """iter_000/eval: M0's probe responses and self-judging, the reference point for iteration 1."""
-    out_dir = artifacts.iteration_dir(run_dir, 0) / "eval"
-    config = {"probe": _probe_config(cfg)}
-    done = artifacts.existing(out_dir, config, force)
-    if done:
-        return done
-    started = time.time()
+    out_dir = iter_dir / "eval"
     engine = engines.for_config(cfg)
     rows = probe_responses(engine, cfg, None, out_dir / "shards", "M0")
     write_jsonl(out_dir / "probes.jsonl", rows)
     metrics = {**_side_metrics(rows), **self_judge(engine, cfg, None, rows, out_dir / "shards", "M0")}
     write_json(out_dir / "metrics.json", metrics)
-    return artifacts.write_manifest(out_dir, "eval", config, {"probes": out_dir / "probes.jsonl",
-                                                               "metrics": out_dir / "metrics.json"},
-                                    metrics, started)
-
-
-def stage_config(cfg: Config, iter_dir: Path) -> dict:
-    ev = cfg.eval.model_dump(mode="json")
-    ev["probes"] = artifacts.file_digest(cfg.eval.probes)
-    ev["pairwise_template"] = artifacts.file_digest(cfg.eval.pairwise_template)
-    ev.pop("shard_size")
-    return {"eval": ev, "probe": _probe_config(cfg), "lineage": artifacts.lineage_config(iter_dir),
-            "train": read_json(iter_dir / "train" / "manifest.json")["config_hash"]}
+    return Outputs({"probes": out_dir / "probes.jsonl", "metrics": out_dir / "metrics.json"}, metrics)
 
 
 def pairwise(engine, cfg: Config, cand: list[dict], prev: list[dict], shard_dir: Path, k: int) -> dict:
     """The frozen M0 judge compares candidate and previous in both orders, so position bias cancels."""
-    template = Path(cfg.eval.pairwise_template).read_text()
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.judge_max_tokens, top_logprobs=20)
+    template = read_template(cfg.eval.pairwise_template)
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.judge_max_tokens, top_logprobs=TOP_LOGPROBS)
     slots = [(c, p, order) for c, p in zip(cand, prev) for order in ("AB", "BA")]
 
     def work(chunk):
         reqs = []
         for c, p, order in chunk:
             a, b = (c, p) if order == "AB" else (p, c)
-            text = template.format(instruction=c["prompt"], response_a=a["response"], response_b=b["response"])
-            reqs.append(Request(_user(text), 0, None, cfg.eval.judge_prefill))
+            reqs.append(pairwise_request(template, c["prompt"], a["response"], b["response"], cfg.eval.judge_prefill))
         outs = engine.generate(reqs, sampling)
         raws = [cfg.eval.judge_prefill + o.text for o in outs]
         return [{"id": c["id"], "order": order, "raw": raw, "winner": parse_winner(raw),
@@ -126,13 +106,8 @@ def pairwise(engine, cfg: Config, cand: list[dict], prev: list[dict], shard_dir:
             "position_consistency": sum(o != 0.5 for o in decided) / len(decided) if decided else None}
 
 
-def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
+def run(cfg: Config, iter_dir: Path) -> Outputs:
     out_dir = iter_dir / "eval"
-    config = stage_config(cfg, iter_dir)
-    done = artifacts.existing(out_dir, config, force)
-    if done:
-        return done
-    started = time.time()
     k = artifacts.iteration_of(iter_dir)
     lin = artifacts.lineage(iter_dir)
     engine = engines.for_config(cfg)
@@ -157,14 +132,13 @@ def run(cfg: Config, iter_dir: Path, force: bool = False) -> dict:
                "distinct2_ratio": side["distinct2"] / max(prev_metrics["distinct2"], 1e-9),
                "judge_parse_rate_delta": judged["judge_parse_rate"] - prev_metrics["judge_parse_rate"]}
     decision = gate.decide(metrics, cfg.eval)
-    decision.update({"iteration": k, "candidate": f"iter_{k:03d}/train/adapter",
+    decision.update({"iteration": k, "candidate": artifacts.adapter_path(k),
                      "previous_iteration": lin["parent_iteration"]})
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "decision.json", decision)
     flat = {key: v for key, v in metrics.items() if not isinstance(v, dict)}
-    return artifacts.write_manifest(out_dir, "eval", config, {
-        "probes": out_dir / "probes.jsonl", "metrics": out_dir / "metrics.json",
-        "decision": out_dir / "decision.json"}, {**flat, "gate_passed": decision["passed"]}, started)
+    return Outputs({"probes": out_dir / "probes.jsonl", "metrics": out_dir / "metrics.json",
+                    "decision": out_dir / "decision.json"}, {**flat, "gate_passed": decision["passed"]})
 
 
 def summary(m: dict) -> str:
@@ -177,3 +151,7 @@ def summary(m: dict) -> str:
             f"distinct-2 {f('distinct2')} (ratio {f('distinct2_ratio')}), judge parse rate "
             f"{f('judge_parse_rate')}, KL/token {f('kl_per_token')}; gate "
             f"{'PASSED' if x['gate_passed'] else 'FAILED'}")
+
+
+STAGE = Stage("eval", reads=("eval", *PROBE_KEYS), run=run, summary=summary, upstream=("train",), lineage=True)
+BASELINE = Stage("eval", reads=PROBE_KEYS, run=baseline, summary=lambda m: "eval: baseline M0")

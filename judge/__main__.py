@@ -1,6 +1,6 @@
-"""`python -m judge RUN_DIR ITERATION [--force]`: the stage in its own process (launch.mode: subprocess)."""
-from judge.stage import run
-from selfreward.artifacts import stage_main
+"""`python -m selfreward.judge RUN_DIR ITERATION`: the stage's work in its own process (launch.mode: subprocess)."""
+from selfreward.launch import stage_main
+from selfreward.judge.stage import STAGE
 
 if __name__ == "__main__":
-    stage_main(run, "judge")
+    stage_main(STAGE)

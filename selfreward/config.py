@@ -1,18 +1,26 @@
 """Recipes: YAML loaded into one pydantic v2 model with unknown keys rejected.
 
-Every field carries a one-line description and a default that is right for the small CPU case. Paths in a
-recipe are relative to the recipe file. Validation never loads a model.
+Contract: `load` returns a validated `Config` or raises `RecipeError` with one line naming the file, the key
+path and what was expected; it never loads a model. Every field carries a one-line description and a default
+that is right for the small CPU case. Paths in a recipe are relative to the recipe file; a bare name such as
+`smollm2-135m-cpu` is a recipe shipped with the package (`selfreward recipes`). Keys that go to TRL carry
+TRL's names. `identity` is what a run and its stages are identified by: operational keys (`OPERATIONAL`)
+removed, files by content.
 """
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# the recipes, constitutions, templates, seeds, probes and accelerate configs installed with the package
+RECIPES_DIR = Path(str(files("selfreward.recipes")))
 
 
 class RecipeError(ValueError):
@@ -93,9 +101,9 @@ class TrainCfg(Section):
     lineage: Literal["adapter"] = Field("adapter", description="Iteration k's adapter starts from adapter k-1.")
     beta: float = Field(0.1, gt=0, description="DPO beta (KL strength); must be positive.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate for the LoRA weights.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the iteration's pairs.")
-    batch_size: int = Field(4, ge=1, description="Per-device train batch size (pairs).")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the iteration's pairs.")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Per-device train batch size (pairs).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(512, ge=32, description="Max tokens of prompt + completion.")
     lora_r: int = Field(16, ge=1, le=512, description="LoRA rank (at most 512, vLLM's largest).")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
@@ -160,6 +168,15 @@ class Config(Section):
 OPERATIONAL = ("run.iterations", "run.output_dir", "data_gen.shard_size", "judge.shard_size", "eval.shard_size",
                "train.save_steps", "tracking.", "launch.mode", "model.kv_cache_gib", "model.gpu_memory_utilization")
 
+# recipe keys renamed to TRL's names: an old key is an error that names the new one
+RENAMED = {"train.batch_size": "train.per_device_train_batch_size",
+           "train.grad_accum": "train.gradient_accumulation_steps",
+           "train.epochs": "train.num_train_epochs"}
+
+# token budgets that must leave room for a prompt inside model.max_model_len
+TOKEN_BUDGETS = [("data_gen", "max_tokens"), ("data_gen", "prompt_max_tokens"), ("judge", "max_tokens"),
+                 ("eval", "max_tokens"), ("eval", "judge_max_tokens"), ("train", "max_length")]
+
 # (section, key) -> how the file must look; checked before any model loads
 PATH_FIELDS = [("data_gen", "seeds"), ("judge", "constitution"), ("eval", "probes"), ("eval", "pairwise_template")]
 
@@ -208,11 +225,32 @@ def _format_error(origin: str, err: ValidationError) -> str:
     return f"{origin}: {loc}: {msg}{more}"
 
 
+def shipped_recipes() -> dict[str, tuple[Path, str]]:
+    """Recipes installed with the package: name -> (path, one-line description from its second comment line)."""
+    found = {}
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        comments = [line.lstrip("# ").strip() for line in lines[:2] if line.startswith("#")]
+        found[path.stem] = (path, comments[1] if len(comments) > 1 else "")
+    return found
+
+
+def find_recipe(name: str | Path) -> Path:
+    """A recipe file as given, or a shipped recipe's bare name (with or without .yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if path.parent == Path(".") and stem in shipped:
+        return shipped[stem][0]
+    raise RecipeError(f"{name}: recipe not found (not a file, and not a shipped recipe: "
+                      f"{', '.join(shipped) or 'none'})")
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
     """Load, override, validate and check files. Raises RecipeError with a one-line message."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe not found")
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -223,6 +261,10 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
         raise RecipeError(f"{path}: expected a mapping of sections at the top level")
     for item in overrides:
         apply_override(data, item)
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise RecipeError(f"{path}: {old}: renamed to {new} (TRL's name)")
     _resolve_paths(data, path.resolve().parent)
     try:
         cfg = Config.model_validate(data)
@@ -254,6 +296,31 @@ def check_inputs(cfg: Config, origin: str) -> None:
         raise RecipeError(f"{origin}: model.ref: {e}") from None
     if cfg.launch.accelerate_config and not Path(cfg.launch.accelerate_config).is_file():
         raise RecipeError(f"{origin}: launch.accelerate_config: file not found: {cfg.launch.accelerate_config}")
+    for section, key in TOKEN_BUDGETS:
+        budget = getattr(getattr(cfg, section), key)
+        if budget >= cfg.model.max_model_len:
+            raise RecipeError(f"{origin}: {section}.{key}: {budget} tokens do not fit in model.max_model_len="
+                              f"{cfg.model.max_model_len} (the prompt needs room too)")
+    _check_output_dir(cfg.run_dir(), origin)
+
+
+def _check_output_dir(run_dir: Path, origin: str) -> None:
+    """The run directory must exist as a directory or be creatable; nothing is left behind by the check."""
+    run_dir = Path(os.path.abspath(run_dir))
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise RecipeError(f"{origin}: run.output_dir: {run_dir} exists and is not a directory")
+        return
+    ancestor = run_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:
+        if not ancestor.is_dir():
+            raise NotADirectoryError(f"{ancestor} is not a directory")
+        os.rmdir(tempfile.mkdtemp(prefix=".selfreward-check-", dir=ancestor))
+    except OSError as e:
+        raise RecipeError(f"{origin}: run.output_dir: cannot create {run_dir} "
+                          f"({e.strerror or e}{': ' + str(ancestor) if e.strerror else ''})") from None
 
 
 def read_jsonl_field(path: str, field: str, origin: str, key: str) -> list[dict]:
@@ -301,7 +368,7 @@ def _check_template(path: str, names: set[str], origin: str, key: str) -> None:
 def identity(data: dict) -> dict:
     """A resolved config as a run is identified by it: files by content (a moved checkout is the same run),
     operational keys left out."""
-    from selfreward.artifacts import file_digest
+    from selfreward.models import file_digest
 
     data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
     for section, key in PATH_FIELDS:

@@ -1,25 +1,44 @@
-"""The self-rewarding loop: the only module that imports more than one stage package."""
+"""The self-rewarding loop: the only module that imports more than one stage package.
+
+Contract: `run(cfg)` creates or resumes a run directory, evaluates M0 once (iter_000), then runs each
+iteration's stages in order through `lifecycle.execute`; only a passed gate moves `state.json`'s promoted
+pointer. `check_recipe(cfg)` runs the checks that need a stage's library (TRL's DPOConfig) without loading
+a model.
+"""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from selfreward import artifacts
+from selfreward import artifacts, lifecycle
 from selfreward.config import Config, RecipeError, dump, identity
+from selfreward.launch import IterationEnded
 from selfreward.records import read_json, write_atomic, write_json
 from selfreward.tracking import Tracker
 
 
-def _stages():
-    from data_gen import stage as data_gen
-    from eval import stage as evaluation
-    from judge import stage as judge
-    from train import stage as train
+def _stages() -> list[lifecycle.Stage]:
+    from selfreward.data_gen import stage as data_gen
+    from selfreward.eval import stage as evaluation
+    from selfreward.judge import stage as judge
+    from selfreward.train import stage as train
 
-    return [("data_gen", data_gen), ("judge", judge), ("train", train), ("eval", evaluation)]
+    return [data_gen.STAGE, judge.STAGE, train.STAGE, evaluation.STAGE]
+
+
+def check_recipe(cfg: Config, origin: str) -> None:
+    """TRL validates train.dpo_overrides by building the DPOConfig (nothing is written, no model loads)."""
+    import tempfile
+
+    from selfreward.train.dpo import build_dpo_config
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_dpo_config(cfg, tmp)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{origin}: train.dpo_overrides: {str(e).splitlines()[0]}") from None
 
 
 def prepare_run_dir(cfg: Config, force: bool) -> Path:
@@ -58,19 +77,11 @@ def _start_iteration(run_dir: Path, k: int) -> Path:
     return iter_dir
 
 
-def _run_stage(cfg: Config, module, name: str, iter_dir: Path, force: bool) -> dict:
-    if cfg.launch.mode == "subprocess" and name != "train":  # train launches itself (accelerate)
-        cmd = [sys.executable, "-m", name, str(iter_dir.parent), str(artifacts.iteration_of(iter_dir))]
-        artifacts.run_child(cmd + (["--force"] if force else []), iter_dir / name)
-        return read_json(iter_dir / name / "manifest.json")
-    return module.run(cfg, iter_dir, force)
-
-
 def _conclude(run_dir: Path, k: int, promoted: bool, reasons: list[str]) -> None:
     """Move the promoted pointer (only on a passed gate), then record the iteration's outcome."""
     state = artifacts.read_state(run_dir)
     if promoted and state["promoted_iteration"] < k:
-        state.update(promoted_iteration=k, adapter=f"iter_{k:03d}/train/adapter")
+        state.update(promoted_iteration=k, adapter=artifacts.adapter_path(k))
     if not any(h["iteration"] == k for h in state["history"]):
         state["history"].append({"iteration": k, "promoted": promoted, "reasons": reasons})
     artifacts.write_state(run_dir, state)
@@ -80,17 +91,17 @@ def _conclude(run_dir: Path, k: int, promoted: bool, reasons: list[str]) -> None
 
 def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Tracker) -> bool:
     iter_dir = _start_iteration(run_dir, k)
-    for name, module in _stages():
-        existed = (iter_dir / name / "manifest.json").exists()
+    for stage in _stages():
+        existed = (iter_dir / stage.name / "manifest.json").exists()
         try:
-            manifest = _run_stage(cfg, module, name, iter_dir, force)
-        except artifacts.IterationEnded as e:
-            print(f"[iter {k}] {name}: {e}; iteration ends without promotion", flush=True)
+            manifest = lifecycle.execute(stage, cfg, iter_dir, force)
+        except IterationEnded as e:
+            print(f"[iter {k}] {stage.name}: {e}; iteration ends without promotion", flush=True)
             _conclude(run_dir, k, False, [str(e)])
             return False
         note = " (already done, skipped)" if existed and not force else ""
-        print(f"[iter {k}] {module.summary(manifest)} [{manifest['wall_time_s']:.0f}s]{note}", flush=True)
-        tracker.log(k, name, manifest)
+        print(f"[iter {k}] {stage.summary(manifest)} [{manifest['wall_time_s']:.0f}s]{note}", flush=True)
+        tracker.log(k, stage.name, manifest)
     decision = read_json(iter_dir / "eval" / "decision.json")
     _conclude(run_dir, k, decision["passed"], decision["reasons"])
     verdict = "promoted" if decision["passed"] else "not promoted"
@@ -99,7 +110,7 @@ def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Trac
 
 
 def run(cfg: Config, force: bool = False) -> Path:
-    from eval import stage as evaluation
+    from selfreward.eval import stage as evaluation
 
     run_dir = prepare_run_dir(cfg, force)
     pending = [k for k in range(1, cfg.run.iterations + 1)
@@ -111,7 +122,7 @@ def run(cfg: Config, force: bool = False) -> Path:
         return run_dir
     tracker = Tracker(cfg, run_dir)
     try:
-        base = evaluation.baseline(cfg, run_dir, force)
+        base = lifecycle.execute(evaluation.BASELINE, cfg, artifacts.iteration_dir(run_dir, 0), force)
         tracker.log(0, "eval", base)
         print(f"[iter 0] baseline M0: distinct-2 {base['metrics']['distinct2']:.3f}, length "
               f"{base['metrics']['length_mean']:.1f} tokens, judge parse rate "

@@ -36,6 +36,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """Recipes name files by path; hashes use their content, so moving a checkout changes nothing."""
+    return "sha256:" + sha256_file(path)
+
+
 def cache_dir() -> Path:
     root = os.environ.get("SELFREWARD_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "selfreward"

@@ -1,33 +1,19 @@
-"""JSONL records, atomic writes and fixed-size shards that survive a kill."""
+"""JSONL records, atomic writes and fixed-size shards that survive a kill.
+
+Contract: every file is written through a temporary file in the same directory and `os.replace`, so a reader
+never sees half a file; JSONL rows are written with sorted keys so reruns are byte-identical.
+"""
 from __future__ import annotations
 
 import json
 import os
-import signal
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-
-class Preempted(RuntimeError):
-    """SIGTERM/SIGUSR1 arrived: the shard in flight was finished and written, then the stage stopped."""
-
-
-_stop_requested: list[int] = []
-
-
-def install_preemption_handlers() -> None:
-    """SLURM sends SIGTERM (or SIGUSR1 with --signal) before preemption: finish the shard, then stop."""
-    def handler(signum, _frame):
-        _stop_requested.append(signum)
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, handler)
-
-
-def stop_requested() -> bool:
-    return bool(_stop_requested)
+from selfreward import launch
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -85,9 +71,9 @@ def run_sharded(items: Sequence, shard_size: int, shard_dir: Path, prefix: str,
         chunk = items[start:start + shard_size]
         rows = read_jsonl(path) if path.exists() else None
         if rows is None or len(rows) != len(chunk):  # a shard cut at other boundaries is redone
-            if stop_requested():
+            if launch.stop_requested():
                 bar.close()
-                raise Preempted(f"stopped before {path.name} on signal {_stop_requested[0]}")
+                raise launch.Preempted(f"stopped before {path.name} on signal {launch.stop_signal()}")
             rows = work(chunk)
             write_jsonl(path, rows)
         out.extend(rows)

@@ -1,10 +1,15 @@
-"""metrics.jsonl (always, the source of truth) and Weights & Biases (when tracking.wandb is on)."""
+"""metrics.jsonl (always, the source of truth) and Weights & Biases (when tracking.wandb is on).
+
+Contract: one metrics.jsonl line per (iteration, stage), replaced when a stage is redone; W&B runs offline
+when no API key is set, one run per run directory (its id derived from the directory).
+"""
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
 
+from selfreward.artifacts import iteration_dir
 from selfreward.records import dumps_jsonl, read_jsonl, write_atomic
 
 
@@ -56,7 +61,7 @@ class Tracker:
         run = self._wandb or self._init_wandb()
         data = {f"{stage}/{k}": v for k, v in _scalars(metrics).items()}
         data["iteration"] = iteration
-        iter_dir = self.run_dir / f"iter_{iteration:03d}"
+        iter_dir = iteration_dir(self.run_dir, iteration)
         if stage == "judge" and (iter_dir / "judge" / "pairs.jsonl").exists():
             table = wandb.Table(columns=["prompt", "chosen", "rejected", "chosen_score", "rejected_score"])
             for p in read_jsonl(iter_dir / "judge" / "pairs.jsonl")[:16]:

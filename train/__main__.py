@@ -1,11 +1,6 @@
-"""`python -m train RUN_DIR ITERATION`: what `accelerate launch` runs on every rank."""
-from selfreward.artifacts import stage_main
-from train.stage import run_local
-
-
-def _run(cfg, iter_dir, force):
-    return run_local(cfg, iter_dir)
-
+"""`python -m selfreward.train RUN_DIR ITERATION`: the stage's work in its own process (launch.mode: subprocess)."""
+from selfreward.launch import stage_main
+from selfreward.train.stage import STAGE
 
 if __name__ == "__main__":
-    stage_main(_run, "train")
+    stage_main(STAGE)

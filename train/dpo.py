@@ -14,13 +14,13 @@ from pathlib import Path
 
 from selfreward import artifacts, models
 from selfreward.config import Config
-from selfreward.records import Preempted, stop_requested
+from selfreward.launch import IterationEnded, Preempted, stop_requested
 
 # keys selfreward sets from its own recipe fields; dpo_overrides may not redefine where artifacts go
 _RESERVED = {"output_dir", "logging_dir"}
 
 
-class TrainingDiverged(artifacts.IterationEnded):
+class TrainingDiverged(IterationEnded):
     """The loss became NaN or infinite: the adapter is not saved and the iteration is not promoted."""
 
 
@@ -35,8 +35,9 @@ def build_dpo_config(cfg: Config, output_dir: str):
         raise ValueError(f"{', '.join(sorted(bad))} cannot be overridden (selfreward decides where artifacts go)")
     cuda = torch.cuda.is_available()
     kwargs = dict(
-        output_dir=output_dir, beta=t.beta, learning_rate=t.learning_rate, num_train_epochs=t.epochs,
-        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        output_dir=output_dir, beta=t.beta, learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_length=t.max_length, seed=cfg.run.seed, data_seed=cfg.run.seed, logging_steps=1,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=1, report_to=[],
         bf16=use_bf16(t.precision), use_cpu=not cuda, dataloader_num_workers=0,

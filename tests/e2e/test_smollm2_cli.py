@@ -9,7 +9,6 @@ import time
 import pytest
 
 from selfreward.records import read_json, read_jsonl
-from tests.conftest import ROOT, write_recipe
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = ["run.yaml", "iter_000/eval/probes.jsonl", "iter_001/lineage.json", "iter_001/data_gen/prompts.jsonl",
@@ -25,16 +24,16 @@ def cmd(recipe, *overrides):
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
+def recipe(tmp_path_factory, recipes_dir, write_recipe):
     tmp = tmp_path_factory.mktemp("e2e")
-    probes = (ROOT / "recipes" / "probes" / "default.jsonl").read_text().splitlines()
+    probes = (recipes_dir / "probes" / "default.jsonl").read_text().splitlines()
     (tmp / "probes.jsonl").write_text("\n".join(probes[:6] + probes[-2:]) + "\n")
     data = {
         "run": {"name": "a", "output_dir": str(tmp / "runs"), "iterations": 1, "seed": 0},
         "data_gen": {"num_prompts": 8, "prompts_per_round": 24, "n_responses": 3, "max_tokens": 64,
                      "shard_size": 6},
         "judge": {"num_judgments": 2, "temperature": 0.7, "max_tokens": 24, "shard_size": 12},
-        "train": {"epochs": 1, "batch_size": 4, "max_length": 256},
+        "train": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 256},
         "eval": {"probes": str(tmp / "probes.jsonl"), "max_tokens": 64, "judge_max_tokens": 16, "shard_size": 4},
     }
     return write_recipe(tmp / "recipe.yaml", data)
@@ -42,7 +41,7 @@ def recipe(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_a(recipe):
-    out = subprocess.run(cmd(recipe), capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    out = subprocess.run(cmd(recipe), capture_output=True, text=True, cwd=recipe.parent, timeout=1500)
     assert out.returncode == 0, out.stderr[-4000:]
     return recipe.parent / "runs" / "a", out.stdout
 
@@ -89,7 +88,7 @@ def test_full_iteration_artifacts(run_a):
     assert "[iter 1] gate: " in stdout and "[iter 1] judge: " in stdout
 
     status = subprocess.run([sys.executable, "-m", "selfreward.cli", "status", str(run_dir)], capture_output=True,
-                            text=True, cwd=ROOT)
+                            text=True, cwd=run_dir.parent)
     assert status.returncode == 0 and "iter_001: data_gen done" in status.stdout
 
 
@@ -101,7 +100,7 @@ def _snapshot(run_dir):
 def test_rerun_skips_everything(run_a, recipe):
     run_dir, _ = run_a
     before = _snapshot(run_dir)
-    out = subprocess.run(cmd(recipe), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = subprocess.run(cmd(recipe), capture_output=True, text=True, cwd=recipe.parent, timeout=300)
     assert out.returncode == 0
     assert "all 1 iterations are complete; nothing to do" in out.stdout
     assert _snapshot(run_dir) == before
@@ -111,7 +110,7 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     run_a_dir, _ = run_a
     run_dir = run_a_dir.parent / "b"
     shard = run_dir / "iter_001/data_gen/shards/responses-00001.jsonl"
-    proc = subprocess.Popen(cmd(recipe, "run.name=b"), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd(recipe, "run.name=b"), cwd=recipe.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
     while not shard.exists() and proc.poll() is None and time.time() < deadline:
@@ -123,7 +122,7 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     assert not (run_dir / "iter_001/data_gen/responses.jsonl").exists()
     assert not list(run_dir.rglob("*.tmp"))
 
-    out = subprocess.run(cmd(recipe, "run.name=b"), capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    out = subprocess.run(cmd(recipe, "run.name=b"), capture_output=True, text=True, cwd=recipe.parent, timeout=1500)
     assert out.returncode == 0, out.stderr[-4000:]
     # byte-identical artifacts: sampling is seeded per row, shards are cut at fixed boundaries, CPU training is
     # deterministic; only wall times and the run name differ in the manifests

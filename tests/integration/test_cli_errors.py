@@ -1,17 +1,9 @@
 """Bad input through the real CLI: one line naming file and key, exit 2, an existing run directory untouched."""
 import hashlib
-import subprocess
-import sys
 
 import pytest
 
 from selfreward import config, loop
-from tests.conftest import ROOT, write_recipe
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "selfreward.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
 
 
 def tree_digest(path):
@@ -34,7 +26,7 @@ def tree_digest(path):
     (lambda d, t: d["train"].update(beta=-0.5), "train.beta: Input should be greater than 0"),
     (lambda d, t: d["train"].update(dpo_overrides={"not_a_dpo_arg": 1}), "train.dpo_overrides:"),
 ])
-def test_bad_recipe_exits_before_loading_and_leaves_run_untouched(tmp_path, recipe_data, mutate, expected):
+def test_bad_recipe_exits_before_loading_and_leaves_run_untouched(tmp_path, recipe_data, mutate, expected, cli, write_recipe):
     recipe_data.update(model={}, train={})
     good = write_recipe(tmp_path / "good.yaml", recipe_data)
     run_dir = loop.prepare_run_dir(config.load(good), force=False)  # an existing run directory
@@ -51,7 +43,7 @@ def test_bad_recipe_exits_before_loading_and_leaves_run_untouched(tmp_path, reci
     assert tree_digest(run_dir) == before
 
 
-def test_changed_recipe_for_existing_run_is_refused(tmp_path, recipe_data):
+def test_changed_recipe_for_existing_run_is_refused(tmp_path, recipe_data, cli, write_recipe):
     good = write_recipe(tmp_path / "good.yaml", recipe_data)
     run_dir = loop.prepare_run_dir(config.load(good), force=False)
     before = tree_digest(run_dir)
@@ -61,7 +53,7 @@ def test_changed_recipe_for_existing_run_is_refused(tmp_path, recipe_data):
     assert tree_digest(run_dir) == before
 
 
-def test_validate_ok_and_status_of_missing_run(tmp_path, recipe_data):
+def test_validate_ok_and_status_of_missing_run(tmp_path, recipe_data, cli, write_recipe):
     good = write_recipe(tmp_path / "good.yaml", recipe_data)
     out = cli("validate", good)
     assert out.returncode == 0 and ": ok (1 iterations" in out.stdout

@@ -4,34 +4,23 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from selfreward import config
+from selfreward import artifacts, config
 from selfreward.records import write_json, write_jsonl
-from tests.conftest import write_recipe
-
-
-def _pairs(n=8):
-    rows = []
-    for i in range(n):
-        rows.append({"prompt": [{"role": "user", "content": f"Question {i}: is water wet?"}],
-                     "chosen": [{"role": "assistant", "content": "Yes. Water makes things wet."}],
-                     "rejected": [{"role": "assistant", "content": "Bananas are purple on Tuesdays."}],
-                     "provenance": {"prompt_id": f"p{i}", "chosen_score": 5, "rejected_score": 1}})
-    return rows
 
 
 @pytest.fixture(scope="module")
-def cfg(tiny_model_dir, tmp_path_factory):
+def cfg(tiny_model_dir, tmp_path_factory, write_recipe):
     tmp = tmp_path_factory.mktemp("dpo")
     data = {"run": {"name": "dpo", "output_dir": str(tmp / "runs")}, "model": {"ref": str(tiny_model_dir)},
-            "train": {"batch_size": 4, "epochs": 2, "learning_rate": 5e-3, "lora_r": 8, "max_length": 128,
+            "train": {"per_device_train_batch_size": 4, "num_train_epochs": 2, "learning_rate": 5e-3, "lora_r": 8, "max_length": 128,
                       "save_steps": 2}}
     return config.load(write_recipe(tmp / "r.yaml", data))
 
 
-def _iteration(cfg, k, parent):
-    iter_dir = cfg.run_dir() / f"iter_{k:03d}"
+def _iteration(cfg, k, parent, pairs):
+    iter_dir = artifacts.iteration_dir(cfg.run_dir(), k)
     write_json(iter_dir / "lineage.json", {"iteration": k, "parent_iteration": k - 1, "parent_adapter": parent})
-    write_jsonl(iter_dir / "judge" / "pairs.jsonl", _pairs())
+    write_jsonl(iter_dir / "judge" / "pairs.jsonl", pairs)
     return iter_dir
 
 
@@ -46,10 +35,10 @@ def _assert_base_untouched(trainer, base_file):
             assert p.detach().equal(base[key]), key
 
 
-def test_dpo_lineage(cfg, tiny_model_dir):
-    from train.dpo import fit
+def test_dpo_lineage(cfg, tiny_model_dir, make_pairs):
+    from selfreward.train.dpo import fit
 
-    it1 = _iteration(cfg, 1, None)
+    it1 = _iteration(cfg, 1, None, make_pairs())
     trainer, m1 = fit(cfg, it1)
     _assert_base_untouched(trainer, tiny_model_dir / "model.safetensors")
     a1 = load_file(it1 / "train" / "adapter" / "adapter_model.safetensors")
@@ -62,7 +51,7 @@ def test_dpo_lineage(cfg, tiny_model_dir):
     # checkpoints for resume were written under train/checkpoints
     assert any(p.name.startswith("checkpoint-") for p in (it1 / "train" / "checkpoints").iterdir())
 
-    it2 = _iteration(cfg, 2, "iter_001/train/adapter")
+    it2 = _iteration(cfg, 2, artifacts.adapter_path(1), make_pairs())
     trainer, m2 = fit(cfg, it2)
     _assert_base_untouched(trainer, tiny_model_dir / "model.safetensors")
     # iteration 2 starts from adapter 1 and its reference is M1: DPO loss starts at log 2 again

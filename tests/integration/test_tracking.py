@@ -4,14 +4,13 @@ import json
 from selfreward import config
 from selfreward.records import read_jsonl, write_jsonl
 from selfreward.tracking import Tracker
-from tests.conftest import write_recipe
 
 
 def _manifest(h, **metrics):
     return {"config_hash": h, "metrics": metrics}
 
 
-def test_metrics_jsonl_and_offline_wandb(tmp_path, recipe_data, monkeypatch):
+def test_metrics_jsonl_and_offline_wandb(tmp_path, recipe_data, monkeypatch, write_recipe):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     recipe_data["tracking"] = {"wandb": True, "project": "selfreward-test"}

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from selfreward import artifacts
-from selfreward.records import Preempted, read_jsonl, run_sharded, write_jsonl, _stop_requested
+from selfreward import artifacts, launch
+from selfreward.records import read_jsonl, run_sharded, write_jsonl
 
 
 def test_manifest_lists_outputs_and_skips_same_config(tmp_path):
@@ -66,12 +66,12 @@ def test_shards_are_reused_and_preemption_stops_between_shards(tmp_path):
     calls.clear()
     assert run_sharded(items, 4, tmp_path, "part", work, "t") == rows and calls == [[8, 9]]
     (tmp_path / "part-00002.jsonl").unlink()
-    _stop_requested.append(15)
+    launch._stop_requested.append(15)
     try:
-        with pytest.raises(Preempted):
+        with pytest.raises(launch.Preempted):
             run_sharded(items, 4, tmp_path, "part", work, "t")
     finally:
-        _stop_requested.clear()
+        launch.clear_stop()
     assert read_jsonl(tmp_path / "part-00000.jsonl") == rows[:4]
 
 

@@ -1,19 +1,21 @@
 import pytest
+import yaml
 
 from selfreward import config
 from selfreward.config import RecipeError
-from tests.conftest import RECIPES, write_recipe
 
 
 def load(tmp_path, data, *overrides):
-    return config.load(write_recipe(tmp_path / "r.yaml", data), list(overrides))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config.load(path, list(overrides))
 
 
-def test_shipped_recipe_is_valid_and_resolves_paths():
-    cfg = config.load(RECIPES / "smollm2-135m-cpu.yaml")
+def test_shipped_recipe_is_valid_and_resolves_paths(recipes_dir):
+    cfg = config.load(recipes_dir / "smollm2-135m-cpu.yaml")
     assert cfg.run.iterations == 2
     assert cfg.model.ref == "embedded:smollm2-135m-instruct"
-    assert cfg.data_gen.seeds == str(RECIPES / "seeds" / "instructions.jsonl")
+    assert cfg.data_gen.seeds == str(recipes_dir / "seeds" / "instructions.jsonl")
     assert cfg.data_gen.n_responses == 4
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from eval import gate
-from eval.metrics import both_order_outcome, distinct_n, kl_estimate
+from selfreward.eval import gate
+from selfreward.eval.metrics import both_order_outcome, distinct_n, kl_estimate
 from selfreward.config import EvalCfg
 
 
@@ -44,7 +44,7 @@ def test_gate_passes_and_fails_with_reasons():
 
 
 def test_both_order_probability_cancels_position_bias():
-    from eval.metrics import both_order_probability
+    from selfreward.eval.metrics import both_order_probability
 
     # a judge biased towards A by +0.3 in both orders: the candidate's 0.6 preference survives
     assert both_order_probability(0.6 + 0.3, 0.4 + 0.3) == pytest.approx(0.6)

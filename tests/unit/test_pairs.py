@@ -1,4 +1,4 @@
-from judge.pairs import build_pairs, mean_scores
+from selfreward.judge.pairs import build_pairs, mean_scores
 
 
 def _setup(scores_by_response):

@@ -1,4 +1,4 @@
-from data_gen.prompts import clean, reject_reason, rouge_l, tokens
+from selfreward.data_gen.prompts import clean, reject_reason, rouge_l, tokens
 from selfreward.config import DataGenCfg
 
 

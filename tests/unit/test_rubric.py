@@ -1,6 +1,6 @@
 import pytest
 
-from selfreward.rubric import parse_score, parse_winner
+from selfreward.judging import parse_score, parse_winner
 
 
 @pytest.mark.parametrize("text, score", [
@@ -32,7 +32,7 @@ def test_winner(text, winner):
 def test_preference_from_first_token_logprobs():
     import math
 
-    from selfreward.rubric import preference_a
+    from selfreward.judging import preference_a
 
     lp = {" A": math.log(0.6), "A": math.log(0.1), " B": math.log(0.1), " The": math.log(0.2)}
     assert preference_a(lp) == pytest.approx(0.7 / 0.8)

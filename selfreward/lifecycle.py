@@ -1,0 +1,84 @@
+"""One stage lifecycle for every stage: identity, skip, conflict, --force, work, manifest last.
+
+Contract: a stage package declares a `Stage` (its name, the config keys it reads, the stages of the same
+iteration whose outputs it reads, whether it depends on the parent model) and supplies only its work,
+`run(cfg, iter_dir) -> Outputs`. `execute` then:
+1. derives the stage's identity from those config values (files by content, operational keys removed by
+   `config.OPERATIONAL`) and its upstream manifests' hashes;
+2. returns the existing manifest when it matches; raises `StageConflict` naming the changed keys when it
+   does not; with --force sets the old stage directory aside (renamed, never deleted);
+3. runs the work in this process, or in a child process (`launch.mode: subprocess`);
+4. writes `manifest.json` last, atomically.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from selfreward import artifacts, config as config_mod, launch
+from selfreward.records import read_json
+
+
+@dataclass
+class Outputs:
+    """What a stage's work produced: named output paths (files or directories) and summary metrics."""
+    paths: dict[str, Path]
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # also the stage directory inside the iteration directory
+    reads: tuple[str, ...]  # dotted config keys or whole sections whose values decide the output
+    run: Callable[..., Outputs]  # run(cfg, iter_dir) -> Outputs
+    summary: Callable[[dict], str]  # one line from a manifest, printed by the loop
+    upstream: tuple[str, ...] = ()  # stages of the same iteration whose outputs it reads
+    lineage: bool = False  # depends on the parent model M(k-1)
+    extra: Callable[..., dict] | None = None  # extra(cfg, iter_dir) -> other inputs (earlier iterations' files)
+
+
+def _pick(data: dict, dotted: str):
+    node = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def identity(stage: Stage, cfg, iter_dir: Path) -> dict:
+    """What decides a stage's output; its hash is the manifest's config_hash."""
+    resolved = config_mod.identity(cfg.model_dump(mode="json"))
+    ident: dict = {key: _pick(resolved, key) for key in stage.reads}
+    for name in stage.upstream:
+        ident[f"upstream.{name}"] = read_json(Path(iter_dir) / name / "manifest.json")["config_hash"]
+    if stage.lineage:
+        ident["lineage"] = artifacts.lineage_config(iter_dir)
+    if stage.extra is not None:
+        ident.update(stage.extra(cfg, Path(iter_dir)))
+    return ident
+
+
+def execute(stage: Stage, cfg, iter_dir: Path, force: bool = False) -> dict:
+    """Run a stage unless its manifest already matches; returns the manifest."""
+    stage_dir = Path(iter_dir) / stage.name
+    ident = identity(stage, cfg, iter_dir)
+    done = artifacts.existing(stage_dir, ident, force)
+    if done:
+        return done
+    if cfg.launch.mode == "subprocess":
+        launch.run_child(launch.stage_command(cfg, stage.name, Path(iter_dir)), stage_dir)
+        return read_json(stage_dir / "manifest.json")
+    return complete(stage, cfg, iter_dir, ident)
+
+
+def complete(stage: Stage, cfg, iter_dir: Path, ident: dict | None = None) -> dict:
+    """The work and the manifest, without the checks (a child process: its parent ran them)."""
+    started = time.time()
+    ident = ident if ident is not None else identity(stage, cfg, iter_dir)
+    out = stage.run(cfg, Path(iter_dir))
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate only rank 0 records the stage
+        return {}
+    return artifacts.write_manifest(Path(iter_dir) / stage.name, stage.name, ident, out.paths, out.metrics,
+                                    started)
