@@ -26,7 +26,7 @@ def worker(precision: str, pairs: Path, n: int) -> dict:
 
     cfg = Config()
     cfg.train.precision = precision
-    cfg.train.epochs = 1
+    cfg.train.num_train_epochs = 1
     work = Path(tempfile.mkdtemp()) / "iter_001"
     (work / "judge").mkdir(parents=True)
     write_json(work / "lineage.json", {"iteration": 1, "parent_iteration": 0, "parent_adapter": None})
