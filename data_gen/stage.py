@@ -1,7 +1,8 @@
 """data_gen: new prompts from M(k-1) (self-instruct), then N sampled responses per prompt.
 
 Contract: reads the seeds and earlier iterations' prompts; writes `prompts.jsonl` ({id, instruction, source,
-round, fewshot_ids}) and `responses.jsonl` ({id, prompt_id, sample, response, n_tokens, finish_reason, seed}).
+round, fewshot_ids}) and `responses.jsonl` ({id, prompt_id, sample, response, n_tokens, finish_reason, seed},
+plus `anchor: true` on M0's anchor responses when `data_gen.anchor_responses` asks for them).
 Every request is seeded by its row, so a resumed stage produces the same rows.
 """
 from __future__ import annotations
@@ -48,16 +49,22 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
 
     dg = cfg.data_gen
     sampling = Sampling(temperature=dg.temperature, top_p=dg.top_p, max_tokens=dg.max_tokens)
-    slots = [(p, s) for p in prompts for s in range(dg.n_responses)]
+    # N samples of M(k-1), then (for anchored rejection) M0's anchor samples, numbered after them
+    slots = [(p, s) for p in prompts for s in range(dg.n_responses + dg.anchor_responses)]
 
     def work(chunk):
-        reqs = [Request([{"role": "user", "content": p["instruction"]}], seed_for(cfg.run.seed, k, "response",
-                                                                                  p["id"], s), adapter)
-                for p, s in chunk]
+        reqs = [Request([{"role": "user", "content": p["instruction"]}],
+                        seed_for(cfg.run.seed, k, "response", p["id"], s),
+                        adapter if s < dg.n_responses else None) for p, s in chunk]
         outs = engine.generate(reqs, sampling)
-        return [{"id": f"{p['id']}-r{s}", "prompt_id": p["id"], "sample": s, "response": o.text,
-                 "n_tokens": o.n_tokens, "finish_reason": o.finish_reason, "seed": r.seed}
-                for (p, s), r, o in zip(chunk, reqs, outs)]
+        rows = []
+        for (p, s), r, o in zip(chunk, reqs, outs):
+            row = {"id": f"{p['id']}-r{s}", "prompt_id": p["id"], "sample": s, "response": o.text,
+                   "n_tokens": o.n_tokens, "finish_reason": o.finish_reason, "seed": r.seed}
+            if s >= dg.n_responses:
+                row["anchor"] = True  # written by M0 whatever the iteration
+            rows.append(row)
+        return rows
 
     responses = run_sharded(slots, dg.shard_size, out_dir / "shards", "responses", work,
                             desc=f"iter {k} responses")

@@ -9,7 +9,7 @@ def decide(metrics: dict, ev) -> dict:
         ("length_ratio", metrics["length_ratio"], "<=", ev.max_length_ratio),
         ("length_ratio", metrics["length_ratio"], ">=", ev.min_length_ratio),
         ("distinct2_ratio", metrics["distinct2_ratio"], ">=", ev.min_distinct2_ratio),
-        ("judge_parse_rate_delta", metrics["judge_parse_rate_delta"], ">=", -ev.max_parse_rate_drop),
+        ("judge_valid_rate_delta", metrics["judge_valid_rate_delta"], ">=", -ev.max_valid_rate_drop),
     ]
     rows, reasons = [], []
     for name, value, op, threshold in checks:
@@ -26,5 +26,5 @@ def decide(metrics: dict, ev) -> dict:
     if passed:
         reasons = [f"all {len(rows)} checks passed: win_rate {metrics['win_rate']:.3f}, length_ratio "
                    f"{metrics['length_ratio']:.3f}, distinct2_ratio {metrics['distinct2_ratio']:.3f}, "
-                   f"judge_parse_rate_delta {metrics['judge_parse_rate_delta']:+.3f}"]
+                   f"judge_valid_rate_delta {metrics['judge_valid_rate_delta']:+.3f}"]
     return {"passed": passed, "reasons": reasons, "checks": rows}

@@ -13,14 +13,16 @@ from selfreward.config import Config
 from selfreward.engine import Request, Sampling, ScoreRequest, seed_for
 from selfreward.eval import gate
 from selfreward.eval.metrics import both_order_outcome, both_order_probability, distinct_n, kl_estimate, mean
-from selfreward.judging import (TOP_LOGPROBS, SCORE_MAX, judge_request, pairwise_request, parse_score,
-                                parse_winner, preference_a, read_template)
+from selfreward import constitution
+from selfreward.judging import (TOP_LOGPROBS, judge_items, pairwise_request, parse_winner, preference_a,
+                                read_template)
 from selfreward.lifecycle import Outputs, Stage
 from selfreward.records import read_json, read_jsonl, run_sharded, write_json, write_jsonl
 
 # what decides a model's probe responses and its self-judging of them
-PROBE_KEYS = ("eval.probes", "eval.temperature", "eval.max_tokens", "judge.constitution", "judge.max_tokens",
-              "judge.prefill", "model", "run.seed")
+JUDGING_KEYS = tuple(f"judge.{k}" for k in ("constitution", "mode", "format", "structured", "num_judgments",
+                                             "temperature", "max_tokens", "reason_max_chars", "min_score_mass"))
+PROBE_KEYS = ("eval.probes", "eval.temperature", "eval.max_tokens", *JUDGING_KEYS, "model", "run.seed")
 
 
 def _user(text: str) -> list[dict]:
@@ -42,21 +44,14 @@ def probe_responses(engine, cfg: Config, adapter: str | None, shard_dir: Path, l
 
 def self_judge(engine, cfg: Config, adapter: str | None, rows: list[dict], shard_dir: Path, label: str) -> dict:
     """The model judges its own probe responses: can it still judge (parse rate), does it saturate?"""
-    template = read_template(cfg.judge.constitution)
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.judge.max_tokens)
-
-    def work(chunk):
-        prefill = cfg.judge.prefill
-        outs = engine.generate([judge_request(template, r["prompt"], r["response"], 0, adapter, prefill)
-                                for r in chunk], sampling)
-        return [{"id": r["id"], "raw": prefill + o.text, "score": parse_score(prefill + o.text)}
-                for r, o in zip(chunk, outs)]
-
-    judged = run_sharded(rows, cfg.eval.shard_size, shard_dir, "selfjudge", work, desc=f"{label} self-judge")
+    con = constitution.load(cfg.judge.constitution)
+    items = [{"id": r["id"], "instruction": r["prompt"], "response": r["response"]} for r in rows]
+    judged = judge_items(engine, con, cfg.judge, items, adapter, (cfg.run.seed, "selfjudge"), run_sharded,
+                         shard_dir, "selfjudge", f"{label} self-judge")
     scores = [j["score"] for j in judged if j["score"] is not None]
-    return {"judge_parse_rate": len(scores) / len(judged) if judged else None,
+    return {"judge_valid_rate": len(scores) / len(judged) if judged else None,
             "judge_score_mean": mean(scores),
-            "judge_saturation": sum(s == SCORE_MAX for s in scores) / len(scores) if scores else None}
+            "judge_saturation": sum(s >= con.score_max - 0.5 for s in scores) / len(scores) if scores else None}
 
 
 def _side_metrics(rows: list[dict]) -> dict:
@@ -126,11 +121,11 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     kl_seq, kl_tok = kl_estimate(lp_c, lp_p)
     metrics = {**side, **judged, **pairwise(engine, cfg, cand, prev, out_dir / "shards", k),
                "kl_per_sequence": kl_seq, "kl_per_token": kl_tok,
-               "previous": {key: prev_metrics[key] for key in ("distinct2", "length_mean", "judge_parse_rate",
+               "previous": {key: prev_metrics[key] for key in ("distinct2", "length_mean", "judge_valid_rate",
                                                                 "judge_saturation")},
                "length_ratio": side["length_mean"] / max(prev_metrics["length_mean"], 1e-9),
                "distinct2_ratio": side["distinct2"] / max(prev_metrics["distinct2"], 1e-9),
-               "judge_parse_rate_delta": judged["judge_parse_rate"] - prev_metrics["judge_parse_rate"]}
+               "judge_valid_rate_delta": judged["judge_valid_rate"] - prev_metrics["judge_valid_rate"]}
     decision = gate.decide(metrics, cfg.eval)
     decision.update({"iteration": k, "candidate": artifacts.adapter_path(k),
                      "previous_iteration": lin["parent_iteration"]})
@@ -148,8 +143,8 @@ def summary(m: dict) -> str:
         return "n/a" if x.get(key) is None else f"{x[key]:.3f}"
 
     return (f"eval: win rate {f('win_rate')} (n={x['win_rate_n']}), length ratio {f('length_ratio')}, "
-            f"distinct-2 {f('distinct2')} (ratio {f('distinct2_ratio')}), judge parse rate "
-            f"{f('judge_parse_rate')}, KL/token {f('kl_per_token')}; gate "
+            f"distinct-2 {f('distinct2')} (ratio {f('distinct2_ratio')}), judge valid rate "
+            f"{f('judge_valid_rate')}, KL/token {f('kl_per_token')}; gate "
             f"{'PASSED' if x['gate_passed'] else 'FAILED'}")
 
 

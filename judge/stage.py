@@ -1,21 +1,84 @@
-"""judge: M(k-1) scores every candidate under the constitution, then best-vs-worst pairs are built.
+"""judge: M(k-1) scores every candidate under the constitution, pairs are built, and the judge is checked.
 
-Contract: reads data_gen's prompts and responses; writes `judgments.jsonl` (raw text always kept, score None
-when it does not parse), `pairs.jsonl` (TRL's conversational preference format plus `provenance`) and
-`stats.json`.
+Contract: reads data_gen's prompts and responses (and M0's baseline probe responses, the fixed set on which
+consecutive judges are compared); writes
+- `judgments.jsonl`: one row per (response, sample): score or None with why, raw text, constitution sha256;
+- `pairs.jsonl`: TRL's conversational preference format plus `provenance` (strategy, scores, raw judge texts,
+  truncation of each side, constitution sha256, generator and judge);
+- `known_answer.jsonl`: original vs corrupted checks with both scores;
+- `consistency.jsonl`: this judge's scores of the fixed set;
+- `stats.json`: judge health (valid rate, histogram, top-score share, ties, yield, margin, length bias,
+  known-answer accuracy with intervals, Kendall tau with the previous iteration's judge).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from selfreward import artifacts, engine as engines
+from selfreward import artifacts, constitution, engine as engines
 from selfreward.config import Config
-from selfreward.engine import Sampling, seed_for
-from selfreward.judge.pairs import build_pairs
-from selfreward.judging import judge_request, parse_score, read_template
+from selfreward.engine import Sampling
+from selfreward.judge import health, known_answer
+from selfreward.judge.pairs import build_pairs, confirm
+from selfreward.judging import TOP_LOGPROBS, judge_items, mean_scores, pairwise_request, preference_a, read_template
 from selfreward.lifecycle import Outputs, Stage
 from selfreward.models import file_digest
 from selfreward.records import read_jsonl, run_sharded, write_json, write_jsonl
+
+
+def _fixed_set(iter_dir: Path) -> Path:
+    return artifacts.iteration_dir(iter_dir.parent, 0) / "eval" / "probes.jsonl"
+
+
+def _previous_consistency(iter_dir: Path) -> Path:
+    k = artifacts.iteration_of(iter_dir)
+    return artifacts.iteration_dir(iter_dir.parent, k - 1) / "judge" / "consistency.jsonl"
+
+
+def _other_inputs(cfg: Config, iter_dir: Path) -> dict:
+    files = {"fixed_set": _fixed_set(iter_dir), "previous_judge": _previous_consistency(iter_dir)}
+    return {key: file_digest(p) if p.exists() else None for key, p in files.items()}
+
+
+def _confirm(engine, cfg: Config, pairs: list[dict], adapter, out_dir: Path, k: int) -> tuple[list[dict], int]:
+    """The same judge compares chosen and rejected in both orders; unconfirmed pairs are dropped."""
+    template = read_template(cfg.eval.pairwise_template)
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=1, top_logprobs=TOP_LOGPROBS)
+    slots = [(i, order) for i in range(len(pairs)) for order in ("chosen_first", "chosen_second")]
+
+    def work(chunk):
+        reqs = []
+        for i, order in chunk:
+            p = pairs[i]
+            a, b = p["chosen"][0]["content"], p["rejected"][0]["content"]
+            a, b = (a, b) if order == "chosen_first" else (b, a)
+            reqs.append(pairwise_request(template, p["prompt"][0]["content"], a, b, cfg.eval.judge_prefill, adapter))
+        outs = engine.generate(reqs, sampling)
+        return [{"pair": i, "order": order, "p_a": preference_a(o.first_token_logprobs)}
+                for (i, order), o in zip(chunk, outs)]
+
+    rows = run_sharded(slots, cfg.judge.shard_size, out_dir / "shards", "confirm", work, desc=f"iter {k} confirm")
+    p_a = {(r["pair"], r["order"]): r["p_a"] for r in rows}
+    return confirm(pairs, [p_a[(i, "chosen_first")] for i in range(len(pairs))],
+                   [p_a[(i, "chosen_second")] for i in range(len(pairs))])
+
+
+def _judge_checks(engine, cfg, con, prompts, responses, adapter, out_dir: Path, k: int) -> dict:
+    """Known-answer accuracy and consistency with the previous judge, both written next to the judgments."""
+    checks = known_answer.build(prompts, responses, cfg.judge.known_answer_pairs, cfg.run.seed + k)
+    judged = judge_items(engine, con, cfg.judge, known_answer.items(checks), adapter, (cfg.run.seed, k, "known"),
+                         run_sharded, out_dir / "shards", "known", f"iter {k} known-answer") if checks else []
+    scores = mean_scores(judged)
+    write_jsonl(out_dir / "known_answer.jsonl", [{**c, "original_score": scores.get(f"{c['id']}-original"),
+                                                  "corrupted_score": scores.get(f"{c['id']}-corrupted")}
+                                                 for c in checks])
+    fixed = [{"id": r["id"], "instruction": r["prompt"], "response": r["response"]}
+             for r in read_jsonl(_fixed_set(out_dir.parent))]
+    current = mean_scores(judge_items(engine, con, cfg.judge, fixed, adapter, (cfg.run.seed, "consistency"),
+                                      run_sharded, out_dir / "shards", "consistency", f"iter {k} consistency"))
+    write_jsonl(out_dir / "consistency.jsonl", [{"id": i, "score": s} for i, s in sorted(current.items())])
+    prev_path = _previous_consistency(out_dir.parent)
+    previous = {r["id"]: r["score"] for r in read_jsonl(prev_path)} if prev_path.exists() else None
+    return {"known": known_answer.accuracy(checks, scores), "consistency": health.consistency(current, previous)}
 
 
 def run(cfg: Config, iter_dir: Path) -> Outputs:
@@ -23,57 +86,53 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     k = artifacts.iteration_of(iter_dir)
     adapter = artifacts.parent_adapter(iter_dir)
     engine = engines.for_config(cfg)
+    con = constitution.load(cfg.judge.constitution)
     prompts = read_jsonl(iter_dir / "data_gen" / "prompts.jsonl")
     responses = read_jsonl(iter_dir / "data_gen" / "responses.jsonl")
     instruction = {p["id"]: p["instruction"] for p in prompts}
-    template = read_template(cfg.judge.constitution)
-    jc = cfg.judge
-    sampling = Sampling(temperature=jc.temperature, top_p=1.0, max_tokens=jc.max_tokens)
-    slots = [(r, n) for r in responses for n in range(jc.num_judgments)]
-
-    def work(chunk):
-        reqs = [judge_request(template, instruction[r["prompt_id"]], r["response"],
-                              seed_for(cfg.run.seed, k, "judge", r["id"], n), adapter, jc.prefill) for r, n in chunk]
-        outs = engine.generate(reqs, sampling)
-        return [{"response_id": r["id"], "prompt_id": r["prompt_id"], "judgment": n, "raw": jc.prefill + o.text,
-                 "score": parse_score(jc.prefill + o.text), "finish_reason": o.finish_reason}
-                for (r, n), o in zip(chunk, outs)]
-
-    judgments = run_sharded(slots, jc.shard_size, out_dir / "shards", "judgments", work, desc=f"iter {k} judge")
+    items = [{"id": r["id"], "prompt_id": r["prompt_id"], "instruction": instruction[r["prompt_id"]],
+              "response": r["response"]} for r in responses]
+    judgments = judge_items(engine, con, cfg.judge, items, adapter, (cfg.run.seed, k, "judge"), run_sharded,
+                            out_dir / "shards", "judgments", f"iter {k} judge")
     write_jsonl(out_dir / "judgments.jsonl", judgments)
 
     lin = artifacts.lineage(iter_dir)
     model_ref = cfg.model.ref + (f"+{lin['parent_adapter']}" if lin["parent_adapter"] else "")
-    provenance = {"generator": model_ref, "judge": model_ref, "iteration": k,
-                  "constitution_sha256": file_digest(cfg.judge.constitution).removeprefix("sha256:"),
+    provenance = {"generator": model_ref, "judge": model_ref, "iteration": k, "constitution_sha256": con.sha256,
+                  "judge_mode": cfg.judge.mode,
                   "sampling": {"temperature": cfg.data_gen.temperature, "top_p": cfg.data_gen.top_p,
                                "max_tokens": cfg.data_gen.max_tokens}}
-    pairs, dropped = build_pairs(prompts, responses, judgments, jc.min_margin, provenance)
+    raw: dict[str, list] = {}
+    for j in judgments:
+        raw.setdefault(j["response_id"], []).append(j["raw"])
+    scores = mean_scores(judgments)
+    pairs, dropped = build_pairs(prompts, responses, scores, raw, cfg.judge, provenance)
+    if cfg.judge.confirm_both_orders and pairs:
+        pairs, dropped["unconfirmed"] = _confirm(engine, cfg, pairs, adapter, out_dir, k)
     write_jsonl(out_dir / "pairs.jsonl", pairs)
 
-    valid = [j["score"] for j in judgments if j["score"] is not None]
-    histogram = {str(s): sum(1 for v in valid if v == s) for s in sorted(set(valid))}
-    stats = {"judgments": len(judgments), "parsed": len(valid),
-             "parse_rate": round(len(valid) / max(len(judgments), 1), 4),
-             "score_mean": round(sum(valid) / len(valid), 4) if valid else None,
-             "score_histogram": histogram, "pairs": len(pairs), "prompts": len(prompts),
-             "dropped": dropped,
-             "margin_mean": round(sum(p["provenance"]["chosen_score"] - p["provenance"]["rejected_score"]
-                                      for p in pairs) / len(pairs), 4) if pairs else None}
+    checks = _judge_checks(engine, cfg, con, prompts, responses, adapter, out_dir, k)
+    stats = health.summarise(con, judgments, scores, responses, prompts, pairs, dropped, checks["known"],
+                             checks["consistency"])
     write_json(out_dir / "stats.json", stats)
-    outputs = {"judgments": out_dir / "judgments.jsonl", "pairs": out_dir / "pairs.jsonl",
-               "stats": out_dir / "stats.json"}
-    metrics = {key: v for key, v in stats.items() if key != "score_histogram"}
-    return Outputs(outputs, metrics)
+    outputs = {name: out_dir / f"{name}.jsonl" for name in ("judgments", "pairs", "known_answer", "consistency")}
+    metrics = {key: v for key, v in stats.items() if key not in ("score_histogram", "constitution")}
+    metrics["known_answer"] = {key: v for key, v in stats["known_answer"].items() if key != "by_corruption"}
+    return Outputs({**outputs, "stats": out_dir / "stats.json"}, metrics)
 
 
 def summary(m: dict) -> str:
     x = m["metrics"]
-    mean = f"{x['score_mean']:.2f}" if x["score_mean"] is not None else "n/a"
-    return (f"judge: {x['parsed']}/{x['judgments']} judgments parsed ({x['parse_rate']:.0%}), "
-            f"mean score {mean}, {x['pairs']} pairs from {x['prompts']} prompts "
-            f"(dropped: {', '.join(f'{k} {v}' for k, v in x['dropped'].items())})")
+
+    def f(v, spec=".2f"):
+        return "n/a" if v is None else format(v, spec)
+
+    ka = x["known_answer"]
+    return (f"judge: {x['valid']}/{x['judgments']} judgments valid ({x['valid_rate']:.0%}), mean score "
+            f"{f(x['score_mean'])}, {x['pairs']} pairs from {x['prompts']} prompts (dropped: "
+            f"{', '.join(f'{k} {v}' for k, v in x['dropped'].items() if v) or 'none'}), known-answer accuracy "
+            f"{f(ka['accuracy'])} (n={ka['n']}), tau vs previous judge {f(x['consistency']['kendall_tau'])}")
 
 
-STAGE = Stage("judge", reads=("judge", "model", "run.seed"), run=run, summary=summary, upstream=("data_gen",),
-              lineage=True)
+STAGE = Stage("judge", reads=("judge", "model", "run.seed", "eval.pairwise_template", "eval.judge_prefill"),
+              run=run, summary=summary, upstream=("data_gen",), lineage=True, extra=_other_inputs)

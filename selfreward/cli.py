@@ -97,6 +97,47 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def cmd_judge_preview(args) -> int:
+    """Render the judge prompt for a few responses, run the judge, print raw outputs, scores and validity."""
+    from selfreward import config, constitution, engine as engines, judging
+    from selfreward.records import read_jsonl
+
+    cfg = config.load(args.recipe, args.overrides)
+    con = constitution.load(cfg.judge.constitution)
+    made = sorted(cfg.run_dir().glob("iter_[0-9][0-9][0-9]/data_gen/responses.jsonl"))
+    engine = engines.for_config(cfg)
+    if made:  # the latest iteration's responses to its own prompts
+        prompts = {p["id"]: p["instruction"] for p in read_jsonl(made[-1].with_name("prompts.jsonl"))}
+        items = [{"id": r["id"], "instruction": prompts[r["prompt_id"]], "response": r["response"]}
+                 for r in read_jsonl(made[-1])[:args.n]]
+        source = str(made[-1])
+    else:  # M0 answers the first probes
+        probes = read_jsonl(cfg.eval.probes)[:args.n]
+        outs = engine.generate([engines.Request([{"role": "user", "content": p["prompt"]}], 0) for p in probes],
+                               engines.Sampling(temperature=0.0, max_tokens=cfg.eval.max_tokens))
+        items = [{"id": p["id"], "instruction": p["prompt"], "response": o.text} for p, o in zip(probes, outs)]
+        source = f"M0's greedy answers to {cfg.eval.probes}"
+    jc = cfg.judge
+    print(f"constitution {con.name} v{con.version} ({con.scoring}, scores {con.score_min}-{con.score_max}, "
+          f"sha256 {con.sha256[:12]}); mode {jc.mode}" + (f" ({jc.format}, k={jc.num_judgments}, structured="
+                                                          f"{jc.structured})" if jc.mode == "sampled" else ""))
+    print(f"responses: {source}")
+    unit, principles = con.units()[0]
+    fmt = "score_first" if jc.mode == "logprob" else jc.format
+    print(f"\n--- judge prompt for {items[0]['id']}" + (f" (principle {unit})" if unit else "") + " ---")
+    print(judging.render(con, principles, items[0]["instruction"], items[0]["response"], fmt))
+    judged = judging.judge_items(engine, con, jc, items, None, (cfg.run.seed, "preview"))
+    for item in items:
+        print(f"\n--- {item['id']}: {item['response'][:160]!r} ---")
+        for j in (j for j in judged if j["response_id"] == item["id"]):
+            verdict = f"score {j['score']:.2f}" if j["score"] is not None else f"INVALID ({j['invalid']})"
+            mass = f", mass {j['score_mass']:.2f}" if "score_mass" in j else ""
+            print(f"  [{j['judgment']}] {verdict}{mass}; raw: {j['raw']!r}")
+    valid = sum(j["score"] is not None for j in judged)
+    print(f"\n{valid}/{len(judged)} judgments valid")
+    return 0
+
+
 def _recipe_copies(recipe: Path, dest: Path) -> list[tuple[Path, Path]]:
     """The recipe file and every file it names by a relative path, with where each goes."""
     import yaml
@@ -133,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME DEST")
     p.add_argument("--force", action="store_true", help="overwrite existing files when copying")
     p.set_defaults(fn=cmd_recipes)
+    p = sub.add_parser("judge", help="`judge preview RECIPE --n 5`: run the judge on a few responses and show it")
+    judge = p.add_subparsers(dest="judge_command", required=True)
+    p = judge.add_parser("preview", help="render the judge prompt, run the judge, print raw outputs and scores")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--n", type=int, default=5, help="responses to judge (default 5)")
+    p.set_defaults(fn=cmd_judge_preview)
     return parser
 
 

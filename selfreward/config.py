@@ -72,6 +72,8 @@ class DataGenCfg(Section):
                                  "diagram", "link", "url", "http", "task", "tasks", "example", "examples"],
         description="Instructions containing any of these words (case-insensitive) are rejected.")
     n_responses: int = Field(4, ge=2, description="Candidate responses sampled per prompt (N >= 2).")
+    anchor_responses: int = Field(0, ge=0, description="M0 responses per prompt for judge.pair_strategy: "
+                                                       "anchored (0 = none).")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature for responses.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling for responses.")
     max_tokens: int = Field(192, ge=8, description="Token budget of one response.")
@@ -86,15 +88,34 @@ class DataGenCfg(Section):
 
 class JudgeCfg(Section):
     constitution: str = Field(str(RECIPES_DIR / "constitutions/default.md"),
-                              description="Judge rubric with {instruction} and {response} placeholders.")
-    num_judgments: int = Field(1, ge=1, description="Judgments sampled per response; valid scores are averaged.")
-    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = greedy).")
-    max_tokens: int = Field(96, ge=8, description="Token budget of one judgment.")
-    prefill: str = Field("Score: ", description="Text each judgment starts with; the rubric asks for the score "
-                                               "first, so small models answer in the parsable format.")
-    pair_strategy: Literal["best_worst"] = Field("best_worst", description="How chosen/rejected are picked.")
+                              description="Constitution: Markdown with front matter, [id] principles and a template.")
+    mode: Literal["sampled", "logprob"] = Field(
+        "sampled", description="sampled: the judge writes, then Score: N (the paper); logprob: expected score "
+                               "from the score slot's next-token distribution in one pass (fast).")
+    format: Literal["reason_first", "score_first"] = Field(
+        "reason_first", description="sampled mode: justification then score (the paper), or score first.")
+    structured: bool = Field(True, description="sampled mode: vLLM structured outputs force a parsable ending.")
+    num_judgments: int = Field(3, ge=1, description="sampled mode: judgments per response (k); valid ones are "
+                                                    "averaged.")
+    temperature: float = Field(0.7, ge=0, description="sampled mode: judge sampling temperature.")
+    max_tokens: int = Field(128, ge=8, description="sampled mode: token budget of one judgment.")
+    reason_max_chars: int = Field(300, ge=16, description="sampled + structured: longest justification, in "
+                                                          "characters (keeps the score inside max_tokens).")
+    min_score_mass: float = Field(0.5, gt=0, le=1, description="logprob mode: a judgment whose probability mass "
+                                                               "on valid score tokens is below this is invalid.")
+    pair_strategy: Literal["best_worst", "length_controlled", "anchored"] = Field(
+        "best_worst", description="Chosen/rejected selection: best vs worst (the paper); length_controlled: "
+                                  "shortest of the top band vs longest of the bottom band (Meta-Rewarding); "
+                                  "anchored: rejected from M0's anchor responses (Temporal Self-Rewarding).")
     min_margin: float = Field(0.0, ge=0, description="Minimum chosen-rejected score gap; ties never pair.")
-    shard_size: int = Field(64, ge=1, description="Judgments per shard; a rerun skips finished shards.")
+    length_band: float = Field(0.0, ge=0, description="length_controlled: score tolerance of the top and bottom "
+                                                      "bands.")
+    confirm_both_orders: bool = Field(False, description="Keep a pair only if the same judge prefers chosen in a "
+                                                         "pairwise comparison in both orders.")
+    allow_truncated: bool = Field(False, description="Let a response cut by max_tokens be chosen.")
+    known_answer_pairs: int = Field(32, ge=0, description="Known-answer checks of the judge per iteration "
+                                                          "(original vs corrupted copy); 0 turns them off.")
+    shard_size: int = Field(64, ge=1, description="Judge requests per shard; a rerun skips finished shards.")
 
 
 class TrainCfg(Section):
@@ -125,13 +146,14 @@ class EvalCfg(Section):
     temperature: float = Field(0.7, ge=0, description="Probe sampling temperature (same seeds for both models).")
     max_tokens: int = Field(192, ge=8, description="Token budget of one probe response.")
     judge_max_tokens: int = Field(64, ge=8, description="Token budget of one pairwise judgment.")
+    # the pairwise judge reads its verdict from the first token after this prefill
     judge_prefill: str = Field("Winner:", description="Text each pairwise judgment starts with.")
     min_win_rate: float = Field(0.5, ge=0, le=1, description="Gate: frozen-M0 both-order win rate at least this.")
     max_length_ratio: float = Field(2.0, gt=1, description="Gate: candidate/previous mean length at most this.")
     min_length_ratio: float = Field(0.5, gt=0, lt=1, description="Gate: candidate/previous mean length at least this.")
     min_distinct2_ratio: float = Field(0.8, gt=0, le=1,
                                        description="Gate: candidate distinct-2 at least this times previous.")
-    max_parse_rate_drop: float = Field(0.2, ge=0, le=1, description="Gate: candidate-as-judge parse rate at most "
+    max_valid_rate_drop: float = Field(0.2, ge=0, le=1, description="Gate: candidate-as-judge valid rate at most "
                                                                        "this below the previous model's.")
     shard_size: int = Field(64, ge=1, description="Probe generations per shard.")
 
@@ -159,6 +181,15 @@ class Config(Section):
     eval: EvalCfg = Field(default_factory=EvalCfg)
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
     launch: LaunchCfg = Field(default_factory=LaunchCfg)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.judge.pair_strategy == "anchored" and self.data_gen.anchor_responses < 1:
+            raise ValueError("judge.pair_strategy: anchored needs data_gen.anchor_responses >= 1")
+        if self.model.engine == "hf" and self.judge.mode == "sampled" and self.judge.structured:
+            raise ValueError("judge.structured: structured outputs need model.engine: vllm "
+                             "(set judge.structured: false, or judge.mode: logprob)")
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
@@ -217,11 +248,14 @@ def _format_error(origin: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "<root>"
     msg = first["msg"]
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if first["type"] == "value_error":  # a cross-field check: its message names the keys
+        msg = str(first.get("ctx", {}).get("error", msg))
+        return f"{origin}: {msg}{more}" if loc == "<root>" else f"{origin}: {loc}: {msg}{more}"
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first["type"] not in ("missing",):
         msg = f"{msg} (got {first['input']!r})"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{origin}: {loc}: {msg}{more}"
 
 
@@ -276,7 +310,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
 
 def check_inputs(cfg: Config, origin: str) -> None:
     """Files and model references the recipe names must exist and be usable; nothing is loaded."""
-    from selfreward import models  # light: no torch at import
+    from selfreward import constitution, models  # light: no torch at import
 
     for section, key in PATH_FIELDS:
         p = Path(getattr(getattr(cfg, section), key))
@@ -287,7 +321,10 @@ def check_inputs(cfg: Config, origin: str) -> None:
         raise RecipeError(f"{origin}: data_gen.seeds: {cfg.data_gen.seeds} has {len(seeds)} instructions, "
                           f"fewer than data_gen.fewshot={cfg.data_gen.fewshot}")
     read_jsonl_field(cfg.eval.probes, "prompt", origin, "eval.probes")
-    _check_template(cfg.judge.constitution, {"instruction", "response"}, origin, "judge.constitution")
+    try:
+        constitution.load(cfg.judge.constitution)
+    except constitution.ConstitutionError as e:
+        raise RecipeError(f"{origin}: judge.constitution: {cfg.judge.constitution}: {e}") from None
     _check_template(cfg.eval.pairwise_template, {"instruction", "response_a", "response_b"}, origin,
                     "eval.pairwise_template")
     try:

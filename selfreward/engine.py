@@ -32,6 +32,8 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 128
     top_logprobs: int = 0  # >0: also return the log-probabilities of the first token's top candidates
+    score_token_ids: tuple[int, ...] = ()  # also return the first token's log-probabilities of exactly these ids
+    regex: str | None = None  # structured output: the completion must match this regular expression (vLLM)
 
 
 @dataclass
@@ -40,6 +42,11 @@ class Completion:
     n_tokens: int
     finish_reason: str
     first_token_logprobs: dict[str, float] | None = None  # decoded token -> logprob, when asked for
+    score_logprobs: dict[int, float] | None = None  # token id -> first-token logprob, for score_token_ids
+
+
+class EngineError(RuntimeError):
+    """An engine cannot serve a request of this kind (for example structured outputs with transformers)."""
 
 
 def _by_text(token_logprobs) -> dict[str, float]:
@@ -95,21 +102,27 @@ class VLLMEngine:
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         if not requests:
             return []
+        structured = StructuredOutputsParams(regex=sampling.regex) if sampling.regex else None
         params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, seed=r.seed,
-                                 logprobs=sampling.top_logprobs or None) for r in requests]
+                                 logprobs=sampling.top_logprobs or None,
+                                 logprob_token_ids=list(sampling.score_token_ids) or None,
+                                 structured_outputs=structured) for r in requests]
         outputs = self.llm.generate([self._prompt(r.messages) + r.prefill for r in requests], params, use_tqdm=False,
                                     lora_request=[self._lora(r.adapter) for r in requests])
         result = []
         for o in outputs:
             c = o.outputs[0]
-            first = None
+            first = scores = None
             if sampling.top_logprobs and c.logprobs:
                 first = _by_text((lp.decoded_token, lp.logprob) for lp in c.logprobs[0].values())
-            result.append(Completion(c.text, len(c.token_ids), c.finish_reason or "", first))
+            if sampling.score_token_ids and c.logprobs:
+                scores = {t: c.logprobs[0][t].logprob for t in sampling.score_token_ids if t in c.logprobs[0]}
+            result.append(Completion(c.text, len(c.token_ids), c.finish_reason or "", first, scores))
         return result
 
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
@@ -162,6 +175,9 @@ class HFEngine:
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         import torch
 
+        if sampling.regex:
+            raise EngineError("structured outputs need model.engine: vllm (transformers generate has none); "
+                              "set judge.structured: false or judge.mode: logprob")
         out = []
         for r in requests:
             text = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
@@ -178,13 +194,15 @@ class HFEngine:
             new = gen.sequences[0, ids["input_ids"].shape[1]:].tolist()
             finished = bool(new) and new[-1] == self.tokenizer.eos_token_id
             text = self.tokenizer.decode(new, skip_special_tokens=True)
-            first = None
+            first = scores = None
+            logp = torch.log_softmax(gen.logits[0][0].float(), dim=-1)  # raw, like vLLM's logprobs
             if sampling.top_logprobs:
-                logp = torch.log_softmax(gen.logits[0][0].float(), dim=-1)  # raw, like vLLM's logprobs
                 top = torch.topk(logp, sampling.top_logprobs)
                 first = _by_text((self.tokenizer.decode([t]), lp)
                                  for lp, t in zip(top.values.tolist(), top.indices.tolist()))
-            out.append(Completion(text, len(new), "stop" if finished else "length", first))
+            if sampling.score_token_ids:
+                scores = {t: logp[t].item() for t in sampling.score_token_ids}
+            out.append(Completion(text, len(new), "stop" if finished else "length", first, scores))
         return out
 
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:

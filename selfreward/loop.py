@@ -125,8 +125,8 @@ def run(cfg: Config, force: bool = False) -> Path:
         base = lifecycle.execute(evaluation.BASELINE, cfg, artifacts.iteration_dir(run_dir, 0), force)
         tracker.log(0, "eval", base)
         print(f"[iter 0] baseline M0: distinct-2 {base['metrics']['distinct2']:.3f}, length "
-              f"{base['metrics']['length_mean']:.1f} tokens, judge parse rate "
-              f"{base['metrics']['judge_parse_rate']:.2f}", flush=True)
+              f"{base['metrics']['length_mean']:.1f} tokens, judge valid rate "
+              f"{base['metrics']['judge_valid_rate']:.2f}", flush=True)
         for k in range(1, cfg.run.iterations + 1):
             if (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() and not force:
                 print(f"[iter {k}] already concluded, skipped", flush=True)

@@ -32,7 +32,8 @@ def recipe(tmp_path_factory, recipes_dir, write_recipe):
         "run": {"name": "a", "output_dir": str(tmp / "runs"), "iterations": 1, "seed": 0},
         "data_gen": {"num_prompts": 8, "prompts_per_round": 24, "n_responses": 3, "max_tokens": 64,
                      "shard_size": 6},
-        "judge": {"num_judgments": 2, "temperature": 0.7, "max_tokens": 24, "shard_size": 12},
+        "judge": {"num_judgments": 2, "temperature": 0.7, "max_tokens": 64, "reason_max_chars": 100,
+                  "shard_size": 12, "known_answer_pairs": 8},
         "train": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 256},
         "eval": {"probes": str(tmp / "probes.jsonl"), "max_tokens": 64, "judge_max_tokens": 16, "shard_size": 4},
     }
@@ -57,8 +58,19 @@ def test_full_iteration_artifacts(run_a):
     assert len(responses) == 24 and {r["prompt_id"] for r in responses} == {p["id"] for p in prompts}
     assert len(judgments) == 48
     stats = read_json(run_dir / "iter_001/judge/stats.json")
-    assert stats["parsed"] == sum(j["score"] is not None for j in judgments)
+    assert stats["valid"] == sum(j["score"] is not None for j in judgments)
     assert all(j["score"] is None or 0 <= j["score"] <= 5 for j in judgments)
+    # structured outputs: every judgment ends in a parsable score unless max_tokens cut it
+    assert stats["valid_rate"] >= 0.9, stats["invalid_reasons"]
+    assert all(j["invalid"] == "truncated" for j in judgments if j["score"] is None)
+    assert all(j["constitution_sha256"] == stats["constitution"]["sha256"] for j in judgments)
+    known = read_jsonl(run_dir / "iter_001/judge/known_answer.jsonl")
+    assert len(known) == 8 and stats["known_answer"]["n"] + stats["known_answer"]["unjudged"] == 8
+    assert {k["kind"] for k in known} == {"truncate", "shuffle", "other_prompt", "repeat"}
+    assert len(read_jsonl(run_dir / "iter_001/judge/consistency.jsonl")) == 8  # M0's 8 probe answers
+    assert stats["consistency"]["kendall_tau"] is None  # no previous judge in iteration 1
+    for key in ("top_score_share", "tie_rate", "pair_yield", "length_bias_spearman", "truncated_pair_share"):
+        assert key in stats
 
     from datasets import load_dataset
 
@@ -66,7 +78,8 @@ def test_full_iteration_artifacts(run_a):
     assert len(pairs) == stats["pairs"] > 0
     for row in pairs:
         prov = row["provenance"]
-        assert prov["chosen_score"] > prov["rejected_score"]
+        assert prov["chosen_score"] > prov["rejected_score"] and not prov["chosen_truncated"]
+        assert prov["strategy"]["selection"] == "best_worst"
         assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
         assert len(prov["constitution_sha256"]) == 64 and prov["judge"] == "embedded:smollm2-135m-instruct"
 
@@ -78,7 +91,7 @@ def test_full_iteration_artifacts(run_a):
 
     decision = read_json(run_dir / "iter_001/eval/decision.json")
     metrics = read_json(run_dir / "iter_001/eval/metrics.json")
-    for key in ("win_rate", "length_ratio", "distinct2", "judge_parse_rate", "kl_per_token"):
+    for key in ("win_rate", "length_ratio", "distinct2", "judge_valid_rate", "kl_per_token"):
         assert key in metrics
     assert decision["reasons"] and len(decision["checks"]) == 5
     state = read_json(run_dir / "state.json")

@@ -83,3 +83,32 @@ def test_first_token_logprobs_agree_between_engines(vllm_engine, tiny_model_dir)
     assert len(v) >= 1 and set(v) == set(h)
     for token, lp in v.items():
         assert h[token] == pytest.approx(lp, abs=1e-3)
+
+
+def test_score_token_logprobs_agree_between_engines_and_see_the_adapter(vllm_engine, tiny_model_dir, adapter_dir):
+    hf = HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="float32"))
+    ids = tuple(hf.tokenizer.encode(str(d), add_special_tokens=False)[0] for d in range(6))
+    sp = Sampling(temperature=0.0, max_tokens=1, score_token_ids=ids)
+    reqs = [Request(MSG, 0, prefill="Score: "), Request(MSG, 0, adapter_dir, prefill="Score: ")]
+    v = [c.score_logprobs for c in vllm_engine.generate(reqs, sp)]
+    h = [c.score_logprobs for c in hf.generate(reqs, sp)]
+    assert all(set(x) == set(ids) for x in v + h)  # every requested id, whatever its rank
+    for a, b in zip(v, h):
+        for t in ids:
+            assert a[t] == pytest.approx(b[t], abs=1e-3)
+    assert any(abs(v[0][t] - v[1][t]) > 1e-3 for t in ids)
+
+
+def test_structured_outputs_force_a_parsable_ending(vllm_engine):
+    import re
+
+    rx = r"[^\n]{1,40}\nScore: [0-5]"
+    outs = vllm_engine.generate([Request(MSG, s) for s in range(4)],
+                                Sampling(temperature=1.0, max_tokens=64, regex=rx))
+    for o in outs:  # a random model writes anything, yet every completion ends in a valid score
+        assert re.fullmatch(rx, o.text), o.text
+    hf = HFEngine.__new__(HFEngine)
+    from selfreward.engine import EngineError
+
+    with pytest.raises(EngineError, match="structured outputs need model.engine: vllm"):
+        hf.generate([Request(MSG, 0)], Sampling(regex=rx))

@@ -58,9 +58,9 @@ def test_seed_line_without_instruction(tmp_path, recipe_data):
         load(tmp_path, recipe_data)
 
 
-def test_constitution_needs_both_placeholders(tmp_path, recipe_data):
+def test_constitution_must_be_a_constitution(tmp_path, recipe_data):
     (tmp_path / "constitutions" / "default.md").write_text("Rate this: {response}\n")
-    with pytest.raises(RecipeError, match=r"judge.constitution: .* must use exactly the placeholders"):
+    with pytest.raises(RecipeError, match=r"judge.constitution: .*default.md: no front matter"):
         load(tmp_path, recipe_data)
 
 

@@ -24,7 +24,7 @@ def test_kl_estimate():
 
 
 def _metrics(**kw):
-    m = {"win_rate": 0.6, "length_ratio": 1.1, "distinct2_ratio": 0.95, "judge_parse_rate_delta": -0.1}
+    m = {"win_rate": 0.6, "length_ratio": 1.1, "distinct2_ratio": 0.95, "judge_valid_rate_delta": -0.1}
     m.update(kw)
     return m
 
@@ -37,8 +37,8 @@ def test_gate_passes_and_fails_with_reasons():
     assert not d["passed"]
     assert any("win_rate 0.300 fails >= 0.5" in r for r in d["reasons"])
     assert any("length_ratio 2.500 fails <= 2.0" in r for r in d["reasons"])
-    d = gate.decide(_metrics(judge_parse_rate_delta=-0.3), ev)
-    assert not d["passed"] and d["reasons"] == ["judge_parse_rate_delta -0.300 fails >= -0.2"]
+    d = gate.decide(_metrics(judge_valid_rate_delta=-0.3), ev)
+    assert not d["passed"] and d["reasons"] == ["judge_valid_rate_delta -0.300 fails >= -0.2"]
     d = gate.decide(_metrics(win_rate=None), ev)
     assert not d["passed"] and "could not be measured" in d["reasons"][0]
 
