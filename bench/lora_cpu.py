@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def worker(side: str, requests: int, max_tokens: int, adapter: str) -> dict:
@@ -27,10 +26,12 @@ def worker(side: str, requests: int, max_tokens: int, adapter: str) -> dict:
     from selfreward.engine import Request, Sampling, VLLMEngine
 
     engine = VLLMEngine(models.resolve("embedded:smollm2-135m-instruct"), ModelCfg(), 16)
-    template = (ROOT / "recipes/constitutions/default.md").read_text()
+    from selfreward import constitution, judging
+
+    con = constitution.load(ROOT / "recipes/constitutions/default.md")
     seeds = [json.loads(line) for line in (ROOT / "recipes/seeds/instructions.jsonl").open()][:requests]
-    reqs = [Request([{"role": "user", "content": template.format(instruction=s["instruction"],
-                                                                 response="A short helpful answer. " * 12)}],
+    reqs = [Request([{"role": "user", "content": judging.render(con, con.units()[0][1], s["instruction"],
+                                                                "A short helpful answer. " * 12, "score_first")}],
                     seed=i, adapter=None if side == "base" else adapter, prefill="Score:")
             for i, s in enumerate(seeds)]
     sampling = Sampling(temperature=0.0, max_tokens=max_tokens)

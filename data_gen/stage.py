@@ -70,7 +70,7 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
                             desc=f"iter {k} responses")
     write_jsonl(out_dir / "responses.jsonl", responses)
     n_tok = [r["n_tokens"] for r in responses]
-    metrics = {**{f"prompts_{key}": v for key, v in pstats.items()},
+    metrics = {**{f"prompts_{key}": v for key, v in pstats.items()}, "dtype": engine.dtype,
                "responses": len(responses), "response_tokens_mean": round(sum(n_tok) / len(n_tok), 2),
                "truncated_rate": round(sum(r["finish_reason"] == "length" for r in responses) / len(responses), 4)}
     return Outputs({"prompts": out_dir / "prompts.jsonl", "responses": out_dir / "responses.jsonl"}, metrics)
@@ -80,7 +80,7 @@ def summary(m: dict) -> str:
     x = m["metrics"]
     return (f"data_gen: {x['prompts_accepted']} prompts ({x['prompts_candidates']} candidates, "
             f"acceptance {x['prompts_acceptance_rate']:.0%}), {x['responses']} responses, "
-            f"{x['response_tokens_mean']:.0f} tokens mean, {x['truncated_rate']:.0%} truncated")
+            f"{x['response_tokens_mean']:.0f} tokens mean, {x['truncated_rate']:.0%} truncated, {x['dtype']}")
 
 
 STAGE = Stage("data_gen", reads=("data_gen", "model", "run.seed"), run=run, summary=summary, lineage=True,

@@ -1,8 +1,13 @@
-"""eval: the candidate M(k) against M(k-1) on the fixed probe set, then the gate's decision.
+"""eval: the candidate M(k) against M(k-1) and M0 on fixed probe sets, then the gate's decision.
 
-Contract: probe samples are seeded by probe id only, so a model's probe responses are the same in every
-iteration; iteration k reuses M(k-1)'s from the iteration that produced it (iter_000/eval holds M0's baseline,
-the `BASELINE` stage). Writes `probes.jsonl`, `metrics.json` and, for k >= 1, the gate's `decision.json`.
+Contract: writes `probes.jsonl` (drift probes, sampled at eval.temperature), `capability.jsonl` (IFEval probes,
+greedy), `metrics.json` (every measure with the previous model's values and intervals) and, for k >= 1, the
+gate's `decision.json`. The `BASELINE` stage writes M0's outputs to iter_000/eval once per run; iteration k
+compares with the outputs of the iteration that produced M(k-1). Measures: drift (KL per token on the
+candidate's temperature-1 samples, entropy, length), collapse (distinct-2, repetition, cross-response overlap,
+semantic similarity; prompt drift of the synthesised prompts), capability (IFEval checkers, with the constant
+answer floor), judge health (self-judging, and the judge stage's known-answer accuracy and saturation compared
+with the previous iteration) and the frozen M0 judge's both-order win rate.
 """
 from __future__ import annotations
 
@@ -10,95 +15,78 @@ from pathlib import Path
 
 from selfreward import artifacts, engine as engines
 from selfreward.config import Config
-from selfreward.engine import Request, Sampling, ScoreRequest, seed_for
-from selfreward.eval import gate
-from selfreward.eval.metrics import both_order_outcome, both_order_probability, distinct_n, kl_estimate, mean
-from selfreward import constitution
-from selfreward.judging import (TOP_LOGPROBS, judge_items, pairwise_request, parse_winner, preference_a,
-                                read_template)
+from selfreward.engine import ScoreRequest
+from selfreward.eval import capability, diversity, gate, preference, probes
+from selfreward.eval.metrics import entropy_per_token, kl_estimate
 from selfreward.lifecycle import Outputs, Stage
-from selfreward.records import read_json, read_jsonl, run_sharded, write_json, write_jsonl
+from selfreward.records import read_json, read_jsonl, write_json
+from selfreward.stats import bootstrap_mean
 
-# what decides a model's probe responses and its self-judging of them
 JUDGING_KEYS = tuple(f"judge.{k}" for k in ("constitution", "mode", "format", "structured", "num_judgments",
                                              "temperature", "max_tokens", "reason_max_chars", "min_score_mass"))
-PROBE_KEYS = ("eval.probes", "eval.temperature", "eval.max_tokens", *JUDGING_KEYS, "model", "run.seed")
-
-
-def _user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def probe_responses(engine, cfg: Config, adapter: str | None, shard_dir: Path, label: str) -> list[dict]:
-    probes = read_jsonl(cfg.eval.probes)
-    sampling = Sampling(temperature=cfg.eval.temperature, top_p=1.0, max_tokens=cfg.eval.max_tokens)
-
-    def work(chunk):
-        outs = engine.generate([Request(_user(p["prompt"]), seed_for(cfg.run.seed, "probe", p["id"]), adapter)
-                                for p in chunk], sampling)
-        return [{"id": p["id"], "prompt": p["prompt"], "response": o.text, "n_tokens": o.n_tokens,
-                 "finish_reason": o.finish_reason} for p, o in zip(chunk, outs)]
-
-    return run_sharded(probes, cfg.eval.shard_size, shard_dir, "probes", work, desc=f"{label} probes")
-
-
-def self_judge(engine, cfg: Config, adapter: str | None, rows: list[dict], shard_dir: Path, label: str) -> dict:
-    """The model judges its own probe responses: can it still judge (parse rate), does it saturate?"""
-    con = constitution.load(cfg.judge.constitution)
-    items = [{"id": r["id"], "instruction": r["prompt"], "response": r["response"]} for r in rows]
-    judged = judge_items(engine, con, cfg.judge, items, adapter, (cfg.run.seed, "selfjudge"), run_sharded,
-                         shard_dir, "selfjudge", f"{label} self-judge")
-    scores = [j["score"] for j in judged if j["score"] is not None]
-    return {"judge_valid_rate": len(scores) / len(judged) if judged else None,
-            "judge_score_mean": mean(scores),
-            "judge_saturation": sum(s >= con.score_max - 0.5 for s in scores) / len(scores) if scores else None}
-
-
-def _side_metrics(rows: list[dict]) -> dict:
-    return {"distinct2": distinct_n([r["response"] for r in rows]),
-            "length_mean": mean([r["n_tokens"] for r in rows]),
-            "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / len(rows)}
+# what decides a model's probe outputs and its self-judging of them
+PROBE_KEYS = ("eval.probes", "eval.capability_probes", "eval.temperature", "eval.max_tokens",
+              "eval.capability_max_tokens", *JUDGING_KEYS, "model", "run.seed")
+_OUTPUTS = ("probes", "capability")
 
 
 def baseline(cfg: Config, iter_dir: Path) -> Outputs:
-    """iter_000/eval: M0's probe responses and self-judging, the reference point for iteration 1."""
+    """iter_000/eval: M0's probe outputs and metrics, the reference point for iteration 1."""
     out_dir = iter_dir / "eval"
-    engine = engines.for_config(cfg)
-    rows = probe_responses(engine, cfg, None, out_dir / "shards", "M0")
-    write_jsonl(out_dir / "probes.jsonl", rows)
-    metrics = {**_side_metrics(rows), **self_judge(engine, cfg, None, rows, out_dir / "shards", "M0")}
+    metrics = probes.model_side(engines.for_config(cfg), cfg, None, out_dir, "M0")
+    metrics["capability_floor"] = capability.floor(capability.read_ifeval(cfg.eval.capability_probes))
     write_json(out_dir / "metrics.json", metrics)
-    return Outputs({"probes": out_dir / "probes.jsonl", "metrics": out_dir / "metrics.json"}, metrics)
+    return Outputs({**{n: out_dir / f"{n}.jsonl" for n in _OUTPUTS}, "metrics": out_dir / "metrics.json"},
+                   _flat(metrics))
 
 
-def pairwise(engine, cfg: Config, cand: list[dict], prev: list[dict], shard_dir: Path, k: int) -> dict:
-    """The frozen M0 judge compares candidate and previous in both orders, so position bias cancels."""
-    template = read_template(cfg.eval.pairwise_template)
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.judge_max_tokens, top_logprobs=TOP_LOGPROBS)
-    slots = [(c, p, order) for c, p in zip(cand, prev) for order in ("AB", "BA")]
+def _flat(metrics: dict) -> dict:
+    out = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    out.update({f"capability_{k}": v for k, v in metrics.get("capability", {}).items()})
+    out.update({f"capability_floor_{k}": v for k, v in (metrics.get("capability_floor") or {}).items()})
+    return out
 
-    def work(chunk):
-        reqs = []
-        for c, p, order in chunk:
-            a, b = (c, p) if order == "AB" else (p, c)
-            reqs.append(pairwise_request(template, c["prompt"], a["response"], b["response"], cfg.eval.judge_prefill))
-        outs = engine.generate(reqs, sampling)
-        raws = [cfg.eval.judge_prefill + o.text for o in outs]
-        return [{"id": c["id"], "order": order, "raw": raw, "winner": parse_winner(raw),
-                 "p_a": preference_a(o.first_token_logprobs)} for (c, _, order), raw, o in zip(chunk, raws, outs)]
 
-    judged = run_sharded(slots, cfg.eval.shard_size, shard_dir, "pairwise", work, desc=f"iter {k} win rate")
-    by_id: dict[str, dict] = {}
-    for j in judged:
-        by_id.setdefault(j["id"], {})[j["order"]] = j
-    verdicts = [both_order_outcome(v["AB"]["winner"], v["BA"]["winner"]) for v in by_id.values()]
-    decided = [o for o in verdicts if o is not None]
-    probs = [both_order_probability(v["AB"]["p_a"], v["BA"]["p_a"]) for v in by_id.values()]
-    probs = [p for p in probs if p is not None]
-    return {"win_rate": mean(probs), "win_rate_n": len(probs),
-            "win_rate_verdicts": mean(decided), "win_rate_verdicts_n": len(decided),
-            "pairwise_parse_rate": sum(j["winner"] is not None for j in judged) / len(judged),
-            "position_consistency": sum(o != 0.5 for o in decided) / len(decided) if decided else None}
+def _tag(rows: list[dict], name: str) -> list[dict]:
+    return [{**r, "id": f"{name}:{r['id']}"} for r in rows]
+
+
+def _paired_gain(cand: dict, base: dict, seed: int) -> tuple[float | None, list]:
+    """Mean per-prompt strict accuracy difference with a paired bootstrap 95% interval."""
+    diffs = [float(cand[k]) - float(base[k]) for k in cand if k in base]
+    lo, hi = bootstrap_mean(diffs, seed=seed)
+    return (sum(diffs) / len(diffs) if diffs else None), [lo, hi]
+
+
+def _ratio(new, old):
+    """A ratio that a previous value of 0 cannot turn into a pass: 0/0 is undefined, x/0 is infinite."""
+    if new is None or old is None:
+        return None
+    if old == 0:
+        return None if new == 0 else float("inf")
+    return new / old
+
+
+def _judge_health(iter_dir: Path) -> dict:
+    """This iteration's judge (from the judge stage) against the previous iteration's."""
+    now = read_json(iter_dir / "judge" / "stats.json")
+    k = artifacts.iteration_of(iter_dir)
+    before_path = artifacts.iteration_dir(iter_dir.parent, k - 1) / "judge" / "stats.json"
+    before = read_json(before_path) if k > 1 and before_path.exists() else None
+    acc = now["known_answer"]["accuracy"]
+    prev_acc = before["known_answer"]["accuracy"] if before else None
+    delta = acc - prev_acc if acc is not None and prev_acc is not None else None
+    return {"known_answer_accuracy": acc, "known_answer_accuracy_previous": prev_acc, "known_answer_delta": delta,
+            "known_answer_delta_reason": "no previous judge" if before is None else None,
+            "top_score_share": now["top_score_share"], "judge_stage_valid_rate": now["valid_rate"]}
+
+
+def _drift(engine, cand: list[dict], adapter: str, parent: str | None) -> dict:
+    msgs = [([{"role": "user", "content": c["prompt"]}], c["response"]) for c in cand]
+    lp_c = engine.score([ScoreRequest(m, r, adapter) for m, r in msgs])
+    lp_p = engine.score([ScoreRequest(m, r, parent) for m, r in msgs])
+    kl_seq, kl_tok = kl_estimate(lp_c, lp_p)
+    return {"kl_per_sequence": kl_seq, "kl_per_token": kl_tok, "entropy_per_token": entropy_per_token(lp_c)}
 
 
 def run(cfg: Config, iter_dir: Path) -> Outputs:
@@ -107,33 +95,39 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     lin = artifacts.lineage(iter_dir)
     engine = engines.for_config(cfg)
     adapter = str((iter_dir / "train" / "adapter").resolve())
-    prev = read_jsonl(artifacts.iteration_dir(iter_dir.parent, lin["parent_iteration"]) / "eval" / "probes.jsonl")
-    prev_metrics = read_json(artifacts.iteration_dir(iter_dir.parent, lin["parent_iteration"]) / "eval" /
-                             "metrics.json")
-    cand = probe_responses(engine, cfg, adapter, out_dir / "shards", f"iter {k}")
-    write_jsonl(out_dir / "probes.jsonl", cand)
-    side = _side_metrics(cand)
-    judged = self_judge(engine, cfg, adapter, cand, out_dir / "shards", f"iter {k}")
-    parent = artifacts.parent_adapter(iter_dir)
-    msgs = [(_user(c["prompt"]), c["response"]) for c in cand]
-    lp_c = engine.score([ScoreRequest(m, r, adapter) for m, r in msgs])
-    lp_p = engine.score([ScoreRequest(m, r, parent) for m, r in msgs])
-    kl_seq, kl_tok = kl_estimate(lp_c, lp_p)
-    metrics = {**side, **judged, **pairwise(engine, cfg, cand, prev, out_dir / "shards", k),
-               "kl_per_sequence": kl_seq, "kl_per_token": kl_tok,
-               "previous": {key: prev_metrics[key] for key in ("distinct2", "length_mean", "judge_valid_rate",
-                                                                "judge_saturation")},
-               "length_ratio": side["length_mean"] / max(prev_metrics["length_mean"], 1e-9),
-               "distinct2_ratio": side["distinct2"] / max(prev_metrics["distinct2"], 1e-9),
-               "judge_valid_rate_delta": judged["judge_valid_rate"] - prev_metrics["judge_valid_rate"]}
-    decision = gate.decide(metrics, cfg.eval)
-    decision.update({"iteration": k, "candidate": artifacts.adapter_path(k),
-                     "previous_iteration": lin["parent_iteration"]})
+    parent_dir = artifacts.iteration_dir(iter_dir.parent, lin["parent_iteration"]) / "eval"
+    m0_dir = artifacts.iteration_dir(iter_dir.parent, 0) / "eval"
+    prev, m0 = read_json(parent_dir / "metrics.json"), read_json(m0_dir / "metrics.json")
+    side = probes.model_side(engine, cfg, adapter, out_dir, f"iter {k}")
+    cand = {n: read_jsonl(out_dir / f"{n}.jsonl") for n in _OUTPUTS}
+    before = {n: read_jsonl(parent_dir / f"{n}.jsonl") for n in _OUTPUTS}
+    pref = preference.win_rate(engine, cfg, _tag(cand["probes"], "drift") + _tag(cand["capability"], "cap"),
+                               _tag(before["probes"], "drift") + _tag(before["capability"], "cap"),
+                               out_dir / "shards", f"iter {k}")
+    gain, gain_ci = _paired_gain(side["capability_per_prompt"], prev["capability_per_prompt"], cfg.run.seed)
+    gain_m0, gain_m0_ci = _paired_gain(side["capability_per_prompt"], m0["capability_per_prompt"], cfg.run.seed)
+    seeds = [s["instruction"] for s in read_jsonl(cfg.data_gen.seeds)]
+    prompts = [p["instruction"] for p in read_jsonl(iter_dir / "data_gen" / "prompts.jsonl")]
+    metrics = {**side, **pref, **_drift(engine, cand["probes"], adapter, artifacts.parent_adapter(iter_dir)),
+               **_judge_health(iter_dir),
+               "capability_gain": gain, "capability_gain_ci95": gain_ci,
+               "capability_gain_vs_m0": gain_m0, "capability_gain_vs_m0_ci95": gain_m0_ci,
+               "capability_floor": m0.get("capability_floor"),
+               "prompt_drift": diversity.prompt_drift(prompts, seeds),
+               "previous": {key: prev.get(key) for key in ("distinct2", "length_mean", "judge_valid_rate",
+                                                            "judge_saturation", "repetition4", "cross_overlap4",
+                                                            "semantic_similarity", "capability")},
+               "length_ratio": _ratio(side["length_mean"], prev["length_mean"]),
+               "distinct2_ratio": _ratio(side["distinct2"], prev["distinct2"]),
+               "judge_valid_rate_delta": None if side["judge_valid_rate"] is None or prev["judge_valid_rate"] is None
+               else side["judge_valid_rate"] - prev["judge_valid_rate"]}
+    metrics["dtype"] = engine.dtype
+    decision = gate.decide(metrics, cfg.eval.gate)
+    decision.update({"iteration": k, "candidate": artifacts.adapter_path(k), "previous_iteration": lin["parent_iteration"]})
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "decision.json", decision)
-    flat = {key: v for key, v in metrics.items() if not isinstance(v, dict)}
-    return Outputs({"probes": out_dir / "probes.jsonl", "metrics": out_dir / "metrics.json",
-                    "decision": out_dir / "decision.json"}, {**flat, "gate_passed": decision["passed"]})
+    return Outputs({**{n: out_dir / f"{n}.jsonl" for n in _OUTPUTS}, "metrics": out_dir / "metrics.json",
+                    "decision": out_dir / "decision.json"}, {**_flat(metrics), "gate_passed": decision["passed"]})
 
 
 def summary(m: dict) -> str:
@@ -142,11 +136,19 @@ def summary(m: dict) -> str:
     def f(key):
         return "n/a" if x.get(key) is None else f"{x[key]:.3f}"
 
-    return (f"eval: win rate {f('win_rate')} (n={x['win_rate_n']}), length ratio {f('length_ratio')}, "
-            f"distinct-2 {f('distinct2')} (ratio {f('distinct2_ratio')}), judge valid rate "
-            f"{f('judge_valid_rate')}, KL/token {f('kl_per_token')}; gate "
-            f"{'PASSED' if x['gate_passed'] else 'FAILED'}")
+    return (f"eval: win rate {f('win_rate')} (n={x['win_rate_n']}), IFEval prompt-strict "
+            f"{f('capability_prompt_strict')} (gain {f('capability_gain')}), length ratio {f('length_ratio')}, "
+            f"distinct-2 ratio {f('distinct2_ratio')}, semantic similarity {f('semantic_similarity')}, "
+            f"KL/token {f('kl_per_token')}, {x['dtype']}; gate {'PASSED' if x['gate_passed'] else 'FAILED'}")
 
 
-STAGE = Stage("eval", reads=("eval", *PROBE_KEYS), run=run, summary=summary, upstream=("train",), lineage=True)
-BASELINE = Stage("eval", reads=PROBE_KEYS, run=baseline, summary=lambda m: "eval: baseline M0")
+def baseline_summary(m: dict) -> str:
+    x = m["metrics"]
+    return (f"eval: baseline M0: IFEval prompt-strict {x['capability_prompt_strict']:.3f} (constant-answer floor "
+            f"{x['capability_floor_prompt_strict']:.3f}), distinct-2 {x['distinct2']:.3f}, "
+            f"length {x['length_mean']:.1f} tokens, judge valid rate {x['judge_valid_rate']:.2f}")
+
+
+STAGE = Stage("eval", reads=("eval", *PROBE_KEYS, "data_gen.seeds"), run=run, summary=summary,
+              upstream=("data_gen", "judge", "train"), lineage=True)
+BASELINE = Stage("eval", reads=PROBE_KEYS, run=baseline, summary=baseline_summary)

@@ -118,6 +118,7 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     outputs = {name: out_dir / f"{name}.jsonl" for name in ("judgments", "pairs", "known_answer", "consistency")}
     metrics = {key: v for key, v in stats.items() if key not in ("score_histogram", "constitution")}
     metrics["known_answer"] = {key: v for key, v in stats["known_answer"].items() if key != "by_corruption"}
+    metrics.update(dtype=engine.dtype, mode=cfg.judge.mode)
     return Outputs({**outputs, "stats": out_dir / "stats.json"}, metrics)
 
 
@@ -128,7 +129,7 @@ def summary(m: dict) -> str:
         return "n/a" if v is None else format(v, spec)
 
     ka = x["known_answer"]
-    return (f"judge: {x['valid']}/{x['judgments']} judgments valid ({x['valid_rate']:.0%}), mean score "
+    return (f"judge ({x['mode']}, {x['dtype']}): {x['valid']}/{x['judgments']} judgments valid ({x['valid_rate']:.0%}), mean score "
             f"{f(x['score_mean'])}, {x['pairs']} pairs from {x['prompts']} prompts (dropped: "
             f"{', '.join(f'{k} {v}' for k, v in x['dropped'].items() if v) or 'none'}), known-answer accuracy "
             f"{f(ka['accuracy'])} (n={ka['n']}), tau vs previous judge {f(x['consistency']['kendall_tau'])}")

@@ -138,6 +138,25 @@ def cmd_judge_preview(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from selfreward import oversight
+
+    decided = oversight.review(Path(args.run), args.iteration, args.command == "approve", args.reason, args.by)
+    print(f"iteration {args.iteration} {decided['decision']} by {decided['decided_by']} at {decided['decided_at']}; "
+          f"`selfreward run` continues the loop")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from selfreward import loop
+
+    r = loop.evaluate_ifeval(Path(args.run), args.iteration, Path(args.ifeval), args.max_tokens)
+    print(f"IFEval on iteration {args.iteration} ({r['prompts']} prompts, {r['instructions']} instructions), greedy:")
+    for key in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"):
+        print(f"  {key.replace('_', '-level ', 1):<26} {r[key]:.4f}   (constant answer {r['floor'][key]:.4f})")
+    return 0
+
+
 def _recipe_copies(recipe: Path, dest: Path) -> list[tuple[Path, Path]]:
     """The recipe file and every file it names by a relative path, with where each goes."""
     import yaml
@@ -174,6 +193,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME DEST")
     p.add_argument("--force", action="store_true", help="overwrite existing files when copying")
     p.set_defaults(fn=cmd_recipes)
+    for name in ("approve", "reject"):
+        p = sub.add_parser(name, help=f"{name} iteration K's gated candidate (run.oversight: manual)")
+        p.add_argument("run")
+        p.add_argument("--iteration", type=int, required=True)
+        p.add_argument("--reason", required=True)
+        p.add_argument("--by", default=None, help="who decides (default: the current user)")
+        p.set_defaults(fn=cmd_review)
+    p = sub.add_parser("eval", help="run an IFEval-format file against an iteration's model (greedy)")
+    p.add_argument("run")
+    p.add_argument("--iteration", type=int, required=True, help="0 = M0")
+    p.add_argument("--ifeval", required=True, help="JSONL with key, prompt, instruction_id_list, kwargs")
+    p.add_argument("--max-tokens", type=int, default=None, help="default: the run's eval.capability_max_tokens")
+    p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("judge", help="`judge preview RECIPE --n 5`: run the judge on a few responses and show it")
     judge = p.add_subparsers(dest="judge_command", required=True)
     p = judge.add_parser("preview", help="render the judge prompt, run the judge, print raw outputs and scores")

@@ -37,14 +37,18 @@ class RunCfg(Section):
     output_dir: str = Field("runs", description="Parent directory of run directories (relative to the cwd).")
     iterations: int = Field(2, ge=1, le=100, description="Number of self-rewarding iterations to run.")
     seed: int = Field(0, ge=0, description="Seed for sampling, shuffling and LoRA initialisation.")
-    oversight: Literal["auto"] = Field("auto", description="Promotion policy: 'auto' promotes on a passed gate.")
+    oversight: Literal["auto", "manual"] = Field(
+        "auto", description="auto: a passed gate promotes; manual: the run stops after the gate until "
+                            "`selfreward approve` or `selfreward reject` decides.")
 
 
 class ModelCfg(Section):
     ref: str = Field("embedded:smollm2-135m-instruct",
                      description="M0: a hub id, a local directory, or embedded:<name>.")
     engine: Literal["vllm", "hf"] = Field("vllm", description="Inference engine: vLLM, or transformers generate.")
-    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Inference dtype.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Inference dtype; auto = bf16 only where the hardware computes it natively (CUDA with "
+                            "bf16, CPUs with AVX512-BF16 or AMX), else fp16 on GPUs and fp32 on CPUs.")
     max_model_len: int = Field(2048, ge=256, description="Context length the engine reserves KV cache for.")
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint (off by default).")
     kv_cache_gib: int = Field(2, ge=1, description="vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
@@ -139,22 +143,66 @@ class TrainCfg(Section):
                                           description="Extra trl.DPOConfig arguments, validated by TRL.")
 
 
+GUARDS = ("capability", "length", "distinct2", "semantic_similarity", "repetition", "cross_overlap", "kl",
+          "judge_valid_rate", "known_answer", "judge_saturation")
+
+
+class GateCfg(Section):
+    improvement: list[Literal["win_rate", "capability"]] = Field(
+        default_factory=lambda: ["win_rate", "capability"], min_length=1,
+        description="Evidence of improvement: promotion needs at least one of these significant at 95%.")
+    guards: list[Literal[GUARDS]] = Field(default_factory=lambda: list(GUARDS),
+                                          description="Guarded metrics: any that regresses beyond its bound refuses.")
+    min_win_rate: float = Field(0.5, ge=0, lt=1, description="Improvement when the frozen-M0 win rate's 95% lower "
+                                                             "bound is above this (0.5: preferred more often than not).")
+    min_capability_gain: float = Field(0.0, ge=0, lt=1, description="Improvement when the 95% lower bound of the "
+                                                                    "prompt-level strict accuracy gain exceeds this.")
+    max_capability_drop: float = Field(0.05, ge=0, le=1, description="Guard: accuracy may fall at most this below "
+                                                                     "the previous model and M0 (about 2 probes in 40).")
+    min_length_ratio: float = Field(0.5, gt=0, description="Guard: candidate/previous mean length at least this.")
+    max_length_ratio: float = Field(2.0, gt=0, description="Guard: at most this (Self-Rewarding runs grew 2.3x in "
+                                                           "three iterations).")
+    min_distinct2_ratio: float = Field(0.8, gt=0, le=1, description="Guard: distinct-2 at least this times previous.")
+    max_similarity_rise: float = Field(0.1, ge=0, le=1, description="Guard: mean pairwise embedding cosine may "
+                                                                    "rise at most this (semantic collapse).")
+    max_repetition_rise: float = Field(0.1, ge=0, le=1, description="Guard: repeated 4-gram share within responses "
+                                                                    "may rise at most this.")
+    max_overlap_rise: float = Field(0.15, ge=0, le=1, description="Guard: cross-response 4-gram overlap may rise "
+                                                                  "at most this.")
+    max_kl_per_token: float = Field(1.0, gt=0, description="Guard: KL(candidate || previous) per token at most "
+                                                           "this, in nats (one DPO iteration moves far less).")
+    max_judge_valid_drop: float = Field(0.2, ge=0, le=1, description="Guard: the candidate-as-judge valid rate may "
+                                                                     "fall at most this.")
+    max_known_answer_drop: float = Field(0.15, ge=0, le=1, description="Guard: the judge's known-answer accuracy may "
+                                                                       "fall at most this from the previous iteration.")
+    max_top_score_share: float = Field(0.9, gt=0, le=1, description="Guard: share of responses at the top score at "
+                                                                    "most this (Meta-Rewarding saw saturation).")
+    on_fail: Literal["continue", "stop"] = Field("continue", description="After a refused candidate: continue from "
+                                                                         "the last promoted model, or stop the run.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "GateCfg":
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError(f"min_length_ratio ({self.min_length_ratio}) must be below max_length_ratio "
+                             f"({self.max_length_ratio})")
+        return self
+
+
 class EvalCfg(Section):
-    probes: str = Field(str(RECIPES_DIR / "probes/default.jsonl"), description="JSONL probe set ({'id', 'prompt'}).")
+    probes: str = Field(str(RECIPES_DIR / "probes/default.jsonl"),
+                        description="Drift probe set ({'id', 'prompt'}), sampled at eval.temperature.")
+    capability_probes: str = Field(str(RECIPES_DIR / "probes/ifeval.jsonl"),
+                                   description="IFEval-format probes (key, prompt, instruction_id_list, kwargs), "
+                                               "answered greedily; never trained on.")
     pairwise_template: str = Field(str(RECIPES_DIR / "templates/pairwise.md"),
                                    description="Frozen-judge A/B template with {instruction}, {response_a}, {response_b}.")
-    temperature: float = Field(0.7, ge=0, description="Probe sampling temperature (same seeds for both models).")
-    max_tokens: int = Field(192, ge=8, description="Token budget of one probe response.")
-    judge_max_tokens: int = Field(64, ge=8, description="Token budget of one pairwise judgment.")
-    # the pairwise judge reads its verdict from the first token after this prefill
+    temperature: float = Field(1.0, ge=0, description="Drift probe sampling temperature (1: unbiased KL estimate).")
+    max_tokens: int = Field(192, ge=8, description="Token budget of one drift probe response.")
+    capability_max_tokens: int = Field(192, ge=8, description="Token budget of one capability probe response.")
+    judge_max_tokens: int = Field(4, ge=1, description="Token budget of one pairwise judgment (the verdict is the "
+                                                       "first token).")
     judge_prefill: str = Field("Winner:", description="Text each pairwise judgment starts with.")
-    min_win_rate: float = Field(0.5, ge=0, le=1, description="Gate: frozen-M0 both-order win rate at least this.")
-    max_length_ratio: float = Field(2.0, gt=1, description="Gate: candidate/previous mean length at most this.")
-    min_length_ratio: float = Field(0.5, gt=0, lt=1, description="Gate: candidate/previous mean length at least this.")
-    min_distinct2_ratio: float = Field(0.8, gt=0, le=1,
-                                       description="Gate: candidate distinct-2 at least this times previous.")
-    max_valid_rate_drop: float = Field(0.2, ge=0, le=1, description="Gate: candidate-as-judge valid rate at most "
-                                                                       "this below the previous model's.")
+    gate: GateCfg = Field(default_factory=GateCfg)
     shard_size: int = Field(64, ge=1, description="Probe generations per shard.")
 
 
@@ -170,6 +218,9 @@ class LaunchCfg(Section):
     accelerate_config: str | None = Field(None, description="accelerate config for training (subprocess mode); "
                                                             "a name in recipes/accelerate/ or a path.")
     num_processes: int | None = Field(None, ge=1, description="Override the accelerate config's num_processes.")
+    stop_within_s: float = Field(25.0, gt=0, description="After a stop signal (SLURM preemption), exit within "
+                                                         "this many seconds: a shard that cannot finish in time "
+                                                         "is abandoned and redone on resume.")
 
 
 class Config(Section):
@@ -196,8 +247,9 @@ class Config(Section):
 
 
 # keys that change how a run is carried out, not what it produces: a resumed run may change them
-OPERATIONAL = ("run.iterations", "run.output_dir", "data_gen.shard_size", "judge.shard_size", "eval.shard_size",
-               "train.save_steps", "tracking.", "launch.mode", "model.kv_cache_gib", "model.gpu_memory_utilization")
+OPERATIONAL = ("run.iterations", "run.output_dir", "run.oversight", "data_gen.shard_size", "judge.shard_size",
+               "eval.shard_size", "eval.gate.on_fail", "train.save_steps", "tracking.", "launch.mode",
+               "model.kv_cache_gib", "model.gpu_memory_utilization")
 
 # recipe keys renamed to TRL's names: an old key is an error that names the new one
 RENAMED = {"train.batch_size": "train.per_device_train_batch_size",
@@ -206,10 +258,12 @@ RENAMED = {"train.batch_size": "train.per_device_train_batch_size",
 
 # token budgets that must leave room for a prompt inside model.max_model_len
 TOKEN_BUDGETS = [("data_gen", "max_tokens"), ("data_gen", "prompt_max_tokens"), ("judge", "max_tokens"),
-                 ("eval", "max_tokens"), ("eval", "judge_max_tokens"), ("train", "max_length")]
+                 ("eval", "max_tokens"), ("eval", "capability_max_tokens"), ("eval", "judge_max_tokens"),
+                 ("train", "max_length")]
 
 # (section, key) -> how the file must look; checked before any model loads
-PATH_FIELDS = [("data_gen", "seeds"), ("judge", "constitution"), ("eval", "probes"), ("eval", "pairwise_template")]
+PATH_FIELDS = [("data_gen", "seeds"), ("judge", "constitution"), ("eval", "probes"), ("eval", "capability_probes"),
+               ("eval", "pairwise_template")]
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -407,17 +461,18 @@ def identity(data: dict) -> dict:
     operational keys left out."""
     from selfreward.models import file_digest
 
-    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    data = json.loads(json.dumps(data))  # a deep copy
     for section, key in PATH_FIELDS:
         path = data.get(section, {}).get(key)
         if isinstance(path, str) and Path(path).is_file():
             data[section][key] = file_digest(path)
     for op in OPERATIONAL:
-        section, _, key = op.partition(".")
-        if not key:
-            data.pop(section, None)
-        elif isinstance(data.get(section), dict):
-            data[section].pop(key, None)
+        *parents, key = op.rstrip(".").split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     return data
 
 

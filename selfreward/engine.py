@@ -78,7 +78,10 @@ class VLLMEngine:
             from selfreward import vllm_cpu_lora
 
             vllm_cpu_lora.install()
-        self.llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+        from selfreward.models import inference_dtype
+
+        self.dtype = inference_dtype(cfg.dtype)
+        self.llm = LLM(model=model_path, dtype=self.dtype, max_model_len=cfg.max_model_len,
                        trust_remote_code=cfg.trust_remote_code, enable_lora=True, max_lora_rank=max_lora_rank,
                        max_loras=2, seed=0, tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization, enable_prefix_caching=False,
@@ -144,7 +147,10 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = getattr(torch, cfg.dtype)
+        from selfreward.models import inference_dtype
+
+        self.dtype = inference_dtype(cfg.dtype)
+        dtype = getattr(torch, self.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
                                                          trust_remote_code=cfg.trust_remote_code).eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from selfreward import artifacts, lifecycle
+from selfreward import artifacts, lifecycle, oversight
 from selfreward.config import Config, RecipeError, dump, identity
 from selfreward.launch import IterationEnded
 from selfreward.records import read_json, write_atomic, write_json
@@ -29,10 +29,17 @@ def _stages() -> list[lifecycle.Stage]:
 
 
 def check_recipe(cfg: Config, origin: str) -> None:
-    """TRL validates train.dpo_overrides by building the DPOConfig (nothing is written, no model loads)."""
+    """Checks that need a stage's library: the capability probes against IFEval's checkers, and TRL validates
+    train.dpo_overrides by building the DPOConfig (nothing is written, no model loads)."""
     import tempfile
 
+    from selfreward.eval import capability
     from selfreward.train.dpo import build_dpo_config
+
+    try:
+        capability.read_ifeval(cfg.eval.capability_probes)
+    except capability.CapabilityError as e:
+        raise RecipeError(f"{origin}: eval.capability_probes: {e}") from None
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -77,19 +84,8 @@ def _start_iteration(run_dir: Path, k: int) -> Path:
     return iter_dir
 
 
-def _conclude(run_dir: Path, k: int, promoted: bool, reasons: list[str]) -> None:
-    """Move the promoted pointer (only on a passed gate), then record the iteration's outcome."""
-    state = artifacts.read_state(run_dir)
-    if promoted and state["promoted_iteration"] < k:
-        state.update(promoted_iteration=k, adapter=artifacts.adapter_path(k))
-    if not any(h["iteration"] == k for h in state["history"]):
-        state["history"].append({"iteration": k, "promoted": promoted, "reasons": reasons})
-    artifacts.write_state(run_dir, state)
-    write_json(artifacts.iteration_dir(run_dir, k) / "outcome.json",
-               {"iteration": k, "promoted": promoted, "reasons": reasons})
-
-
-def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Tracker) -> bool:
+def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Tracker) -> str:
+    """Run iteration k's stages; returns promoted, refused, ended (no pairs, NaN loss, ...) or held (manual)."""
     iter_dir = _start_iteration(run_dir, k)
     for stage in _stages():
         existed = (iter_dir / stage.name / "manifest.json").exists()
@@ -97,16 +93,22 @@ def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Trac
             manifest = lifecycle.execute(stage, cfg, iter_dir, force)
         except IterationEnded as e:
             print(f"[iter {k}] {stage.name}: {e}; iteration ends without promotion", flush=True)
-            _conclude(run_dir, k, False, [str(e)])
-            return False
+            oversight.conclude(run_dir, k, False, [str(e)])
+            return "ended"
         note = " (already done, skipped)" if existed and not force else ""
         print(f"[iter {k}] {stage.summary(manifest)} [{manifest['wall_time_s']:.0f}s]{note}", flush=True)
         tracker.log(k, stage.name, manifest)
     decision = read_json(iter_dir / "eval" / "decision.json")
-    _conclude(run_dir, k, decision["passed"], decision["reasons"])
+    if cfg.run.oversight == "manual":
+        oversight.hold(run_dir, k, decision)
+        print(f"[iter {k}] gate {'passed' if decision['passed'] else 'refused'}: {'; '.join(decision['reasons'])}\n"
+              f"[iter {k}] waiting for a human (run.oversight: manual): selfreward approve {run_dir} --iteration {k} "
+              f"--reason \"...\"  or  selfreward reject {run_dir} --iteration {k} --reason \"...\"", flush=True)
+        return "held"
+    oversight.conclude(run_dir, k, decision["passed"], decision["reasons"])
     verdict = "promoted" if decision["passed"] else "not promoted"
     print(f"[iter {k}] gate: {verdict}: {'; '.join(decision['reasons'])}", flush=True)
-    return decision["passed"]
+    return "promoted" if decision["passed"] else "refused"
 
 
 def run(cfg: Config, force: bool = False) -> Path:
@@ -115,25 +117,70 @@ def run(cfg: Config, force: bool = False) -> Path:
     run_dir = prepare_run_dir(cfg, force)
     pending = [k for k in range(1, cfg.run.iterations + 1)
                if not (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() or force]
-    if not pending:
+    stopped = cfg.eval.gate.on_fail == "stop" and any(not h["promoted"] for h in artifacts.read_state(run_dir)["history"])
+    if not pending or stopped and not force:
         state = artifacts.read_state(run_dir)
-        print(f"{run_dir}: all {cfg.run.iterations} iterations are complete; nothing to do "
-              f"(promoted: iteration {state['promoted_iteration']})", flush=True)
+        why = ("the gate refused an iteration and eval.gate.on_fail is stop" if pending else
+               f"all {cfg.run.iterations} iterations are complete")
+        print(f"{run_dir}: {why}; nothing to do (promoted: iteration {state['promoted_iteration']})", flush=True)
         return run_dir
     tracker = Tracker(cfg, run_dir)
     try:
         base = lifecycle.execute(evaluation.BASELINE, cfg, artifacts.iteration_dir(run_dir, 0), force)
         tracker.log(0, "eval", base)
-        print(f"[iter 0] baseline M0: distinct-2 {base['metrics']['distinct2']:.3f}, length "
-              f"{base['metrics']['length_mean']:.1f} tokens, judge valid rate "
-              f"{base['metrics']['judge_valid_rate']:.2f}", flush=True)
+        print(f"[iter 0] {evaluation.BASELINE.summary(base)}", flush=True)
         for k in range(1, cfg.run.iterations + 1):
             if (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() and not force:
                 print(f"[iter {k}] already concluded, skipped", flush=True)
                 continue
-            run_iteration(cfg, run_dir, k, force, tracker)
+            if oversight.awaiting(run_dir) == k:
+                print(f"[iter {k}] waits for a human decision: selfreward approve|reject {run_dir} --iteration {k} "
+                      f"--reason \"...\"", flush=True)
+                return run_dir
+            result = run_iteration(cfg, run_dir, k, force, tracker)
+            if result == "held":
+                return run_dir
+            if result == "refused" and cfg.eval.gate.on_fail == "stop":
+                print(f"[iter {k}] eval.gate.on_fail: stop: the run ends here", flush=True)
+                break
     finally:
         tracker.finish()
     state = artifacts.read_state(run_dir)
     print(f"{run_dir}: done; promoted iteration {state['promoted_iteration']}", flush=True)
     return run_dir
+
+
+def evaluate_ifeval(run_dir: Path, k: int, path: Path, max_tokens: int | None = None) -> dict:
+    """`selfreward eval RUN --iteration K --ifeval FILE`: iteration K's model (0 = M0) answers an IFEval-format
+    file greedily; responses and the four standard accuracies go under iter_K/eval/ifeval-<file stem>/."""
+    from selfreward import engine as engines
+    from selfreward.config import from_run_yaml
+    from selfreward.eval import capability, probes
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.yaml").exists():
+        raise RecipeError(f"{run_dir}: not a run directory (no run.yaml)")
+    adapter = None
+    if k > 0:
+        adapter_dir = artifacts.iteration_dir(run_dir, k) / "train" / "adapter"
+        if not (adapter_dir / "adapter_config.json").exists():
+            raise RecipeError(f"iteration {k} has no trained adapter ({adapter_dir})")
+        adapter = str(adapter_dir.resolve())
+    if not Path(path).is_file():
+        raise RecipeError(f"{path}: IFEval file not found")
+    try:
+        rows = capability.read_ifeval(path)
+    except capability.CapabilityError as e:
+        raise RecipeError(str(e)) from None
+    cfg = from_run_yaml(run_dir / "run.yaml")
+    out_dir = artifacts.iteration_dir(run_dir, k) / "eval" / f"ifeval-{Path(path).stem}"
+    answers = probes.capability_responses(engines.for_config(cfg), cfg, adapter, out_dir / "shards",
+                                          f"iter {k} IFEval", rows, max_tokens)
+    scored = capability.score(rows, [a["response"] for a in answers])
+    result = {"file": str(Path(path).resolve()), "iteration": k, "model": adapter or cfg.model.ref,
+              **{key: v for key, v in scored.items() if key != "per_prompt"}, "floor": capability.floor(rows)}
+    from selfreward.records import write_jsonl
+
+    write_jsonl(out_dir / "responses.jsonl", [{**a, **scored["per_prompt"][a["id"]]} for a in answers])
+    write_json(out_dir / "scores.json", result)
+    return result

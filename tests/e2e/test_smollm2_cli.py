@@ -1,4 +1,5 @@
-"""The embedded SmolLM2 through the CLI: a full iteration, a rerun that skips everything, a kill -9 and resume."""
+"""The embedded SmolLM2 through the CLI: two iterations (M1 generates, judges and is compared through its
+adapter), a rerun that skips everything, a kill -9 and resume."""
 import json
 import os
 import signal
@@ -11,12 +12,12 @@ import pytest
 from selfreward.records import read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e
-ARTIFACTS = ["run.yaml", "iter_000/eval/probes.jsonl", "iter_001/lineage.json", "iter_001/data_gen/prompts.jsonl",
-             "iter_001/data_gen/responses.jsonl", "iter_001/judge/judgments.jsonl", "iter_001/judge/pairs.jsonl",
-             "iter_001/judge/stats.json", "iter_001/train/adapter/adapter_model.safetensors",
-             "iter_001/train/adapter/adapter_config.json",
-             "iter_001/eval/probes.jsonl", "iter_001/eval/metrics.json", "iter_001/eval/decision.json",
-             "iter_001/outcome.json"]
+ARTIFACTS = ["iter_000/eval/probes.jsonl", "iter_000/eval/capability.jsonl", "iter_001/lineage.json",
+             "iter_001/data_gen/prompts.jsonl", "iter_001/data_gen/responses.jsonl", "iter_001/judge/judgments.jsonl",
+             "iter_001/judge/pairs.jsonl", "iter_001/judge/stats.json", "iter_001/judge/known_answer.jsonl",
+             "iter_001/train/adapter/adapter_model.safetensors", "iter_001/train/adapter/adapter_config.json",
+             "iter_001/eval/probes.jsonl", "iter_001/eval/capability.jsonl", "iter_001/eval/metrics.json",
+             "iter_001/eval/decision.json", "iter_001/outcome.json"]
 
 
 def cmd(recipe, *overrides):
@@ -28,14 +29,20 @@ def recipe(tmp_path_factory, recipes_dir, write_recipe):
     tmp = tmp_path_factory.mktemp("e2e")
     probes = (recipes_dir / "probes" / "default.jsonl").read_text().splitlines()
     (tmp / "probes.jsonl").write_text("\n".join(probes[:6] + probes[-2:]) + "\n")
+    ifeval = (recipes_dir / "probes" / "ifeval.jsonl").read_text().splitlines()
+    (tmp / "ifeval.jsonl").write_text("\n".join(ifeval[:20]) + "\n")
     data = {
-        "run": {"name": "a", "output_dir": str(tmp / "runs"), "iterations": 1, "seed": 0},
+        "run": {"name": "a", "output_dir": str(tmp / "runs"), "iterations": 2, "seed": 0},
         "data_gen": {"num_prompts": 8, "prompts_per_round": 24, "n_responses": 3, "max_tokens": 64,
                      "shard_size": 6},
         "judge": {"num_judgments": 2, "temperature": 0.7, "max_tokens": 64, "reason_max_chars": 100,
                   "shard_size": 12, "known_answer_pairs": 8},
         "train": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 256},
-        "eval": {"probes": str(tmp / "probes.jsonl"), "max_tokens": 64, "judge_max_tokens": 16, "shard_size": 4},
+        # a permissive gate (any win rate above 0 is evidence; length and KL guarded) so that M1 is promoted and
+        # iteration 2 runs from its adapter: what the gate refuses is tested in tests/integration/test_gate.py
+        "eval": {"probes": str(tmp / "probes.jsonl"), "capability_probes": str(tmp / "ifeval.jsonl"),
+                 "max_tokens": 64, "capability_max_tokens": 48, "shard_size": 8,
+                 "gate": {"min_win_rate": 0.0, "improvement": ["win_rate"], "guards": ["length", "kl"]}},
     }
     return write_recipe(tmp / "recipe.yaml", data)
 
@@ -93,16 +100,29 @@ def test_full_iteration_artifacts(run_a):
     metrics = read_json(run_dir / "iter_001/eval/metrics.json")
     for key in ("win_rate", "length_ratio", "distinct2", "judge_valid_rate", "kl_per_token"):
         assert key in metrics
-    assert decision["reasons"] and len(decision["checks"]) == 5
+    assert decision["reasons"] and len(decision["guards"]) == 3 and decision["improvement"][0]["ci95"][0] > 0
+    assert decision["passed"], decision["reasons"]
+    assert 0 <= metrics["capability"]["prompt_strict"] <= 1 and metrics["capability_floor"]["prompts"] == 20
+    assert metrics["semantic_similarity"] is not None and metrics["prompt_drift"]["centroid_distance"] is not None
     state = read_json(run_dir / "state.json")
-    assert state["promoted_iteration"] == (1 if decision["passed"] else 0)
+    assert [h["iteration"] for h in state["history"]] == [1, 2]
     logged = [(r["iteration"], r["stage"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
-    assert logged == [(0, "eval"), (1, "data_gen"), (1, "judge"), (1, "train"), (1, "eval")]
-    assert "[iter 1] gate: " in stdout and "[iter 1] judge: " in stdout
+    assert logged == [(0, "eval")] + [(k, s) for k in (1, 2) for s in ("data_gen", "judge", "train", "eval")]
+    assert "[iter 1] gate: promoted" in stdout and "[iter 2] judge: " in stdout
+
+    # iteration 2 starts from M1: it generates and judges through adapter 1 and is compared with M1's probes
+    lineage = read_json(run_dir / "iter_002/lineage.json")
+    assert lineage == {"iteration": 2, "parent_iteration": 1, "parent_adapter": "iter_001/train/adapter"}
+    pairs2 = read_jsonl(run_dir / "iter_002/judge/pairs.jsonl")
+    assert pairs2 and all(p["provenance"]["judge"].endswith("+iter_001/train/adapter") for p in pairs2)
+    assert read_json(run_dir / "iter_002/eval/decision.json")["previous_iteration"] == 1
+    assert read_json(run_dir / "iter_002/judge/stats.json")["consistency"]["n"] == 8  # tau vs M0 as judge
+    train2 = read_json(run_dir / "iter_002/train/manifest.json")["metrics"]
+    assert train2["reference"].endswith("iter_001/train/adapter")
 
     status = subprocess.run([sys.executable, "-m", "selfreward.cli", "status", str(run_dir)], capture_output=True,
                             text=True, cwd=run_dir.parent)
-    assert status.returncode == 0 and "iter_001: data_gen done" in status.stdout
+    assert status.returncode == 0 and "iter_002: data_gen done" in status.stdout
 
 
 def _snapshot(run_dir):
@@ -115,7 +135,7 @@ def test_rerun_skips_everything(run_a, recipe):
     before = _snapshot(run_dir)
     out = subprocess.run(cmd(recipe), capture_output=True, text=True, cwd=recipe.parent, timeout=300)
     assert out.returncode == 0
-    assert "all 1 iterations are complete; nothing to do" in out.stdout
+    assert "all 2 iterations are complete; nothing to do" in out.stdout
     assert _snapshot(run_dir) == before
 
 
@@ -123,7 +143,8 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     run_a_dir, _ = run_a
     run_dir = run_a_dir.parent / "b"
     shard = run_dir / "iter_001/data_gen/shards/responses-00001.jsonl"
-    proc = subprocess.Popen(cmd(recipe, "run.name=b"), cwd=recipe.parent, stdout=subprocess.DEVNULL,
+    b = ("run.name=b", "run.iterations=1")  # one iteration is enough to compare, and iterations are operational
+    proc = subprocess.Popen(cmd(recipe, *b), cwd=recipe.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
     while not shard.exists() and proc.poll() is None and time.time() < deadline:
@@ -135,14 +156,14 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     assert not (run_dir / "iter_001/data_gen/responses.jsonl").exists()
     assert not list(run_dir.rglob("*.tmp"))
 
-    out = subprocess.run(cmd(recipe, "run.name=b"), capture_output=True, text=True, cwd=recipe.parent, timeout=1500)
+    out = subprocess.run(cmd(recipe, *b), capture_output=True, text=True, cwd=recipe.parent, timeout=1500)
     assert out.returncode == 0, out.stderr[-4000:]
     # byte-identical artifacts: sampling is seeded per row, shards are cut at fixed boundaries, CPU training is
     # deterministic; only wall times and the run name differ in the manifests
-    for rel in ARTIFACTS[1:]:
+    for rel in ARTIFACTS:
         assert (run_dir / rel).read_bytes() == (run_a_dir / rel).read_bytes(), rel
     for stage in ("data_gen", "judge", "train", "eval"):
         a = read_json(run_a_dir / "iter_001" / stage / "manifest.json")
         b = read_json(run_dir / "iter_001" / stage / "manifest.json")
         assert a["config_hash"] == b["config_hash"] and a["outputs"] == b["outputs"], stage
-    assert json.loads((run_dir / "state.json").read_text()) == json.loads((run_a_dir / "state.json").read_text())
+    assert read_json(run_dir / "state.json")["history"] == read_json(run_a_dir / "state.json")["history"][:1]

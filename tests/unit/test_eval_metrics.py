@@ -1,14 +1,18 @@
+"""Eval measures and the gate's decision: evidence with intervals, guards with bounds, reasons in words."""
 import pytest
 
-from selfreward.eval import gate
-from selfreward.eval.metrics import both_order_outcome, distinct_n, kl_estimate
-from selfreward.config import EvalCfg
+from selfreward.config import GateCfg
+from selfreward.eval import diversity, gate
+from selfreward.eval.metrics import entropy_per_token, kl_estimate
+from selfreward.eval.preference import both_order_outcome, both_order_probability
 
 
-def test_distinct2():
-    assert distinct_n(["a b c", "a b c"]) == pytest.approx(2 / 4)
-    assert distinct_n(["the cat sat", "a dog ran"]) == 1.0
-    assert distinct_n(["word"]) == 0.0
+def test_lexical_diversity():
+    assert diversity.distinct_n(["a b c", "a b c"]) == pytest.approx(2 / 4)
+    assert diversity.distinct_n(["the cat sat", "a dog ran"]) == 1.0 and diversity.distinct_n(["word"]) == 0.0
+    assert diversity.repetition(["a b c d a b c d"]) == pytest.approx(1 / 5)
+    assert diversity.repetition(["one two three four five"]) == 0.0
+    assert diversity.cross_overlap(["w x y z q", "w x y z r", "a b c d e"]) == pytest.approx((0.5 + 0.5 + 0) / 3)
 
 
 def test_both_order():
@@ -16,36 +20,77 @@ def test_both_order():
     assert both_order_outcome("B", "A") == 0.0
     assert both_order_outcome("A", "A") == 0.5  # position bias cancels
     assert both_order_outcome(None, "A") is None
+    # a judge biased towards A by +0.3 in both orders: the candidate's 0.6 preference survives
+    assert both_order_probability(0.6 + 0.3, 0.4 + 0.3) == pytest.approx(0.6)
+    assert both_order_probability(0.9, None) is None
 
 
-def test_kl_estimate():
+def test_kl_and_entropy():
     seq, tok = kl_estimate([[-1.0, -1.0], [-2.0]], [[-2.0, -1.5], [-2.0]])
     assert seq == pytest.approx(0.75) and tok == pytest.approx(0.5)
+    assert entropy_per_token([[-1.0, -1.0], [-2.0]]) == pytest.approx(4 / 3)
 
 
 def _metrics(**kw):
-    m = {"win_rate": 0.6, "length_ratio": 1.1, "distinct2_ratio": 0.95, "judge_valid_rate_delta": -0.1}
+    same = {"distinct2": 0.7, "repetition4": 0.05, "cross_overlap4": 0.1, "semantic_similarity": 0.3}
+    m = {"win_rate": 0.62, "win_rate_ci95": [0.55, 0.69], "capability_gain": 0.0, "capability_gain_ci95": [-0.05, 0.05],
+         "capability_gain_vs_m0": 0.0, "length_ratio": 1.1, "distinct2_ratio": 0.95, **same, "previous": dict(same),
+         "kl_per_token": 0.05, "judge_valid_rate_delta": -0.1, "known_answer_delta": None,
+         "known_answer_delta_reason": "no previous judge", "top_score_share": 0.3}
     m.update(kw)
     return m
 
 
-def test_gate_passes_and_fails_with_reasons():
-    ev = EvalCfg()
-    d = gate.decide(_metrics(), ev)
-    assert d["passed"] and len(d["checks"]) == 5 and "all 5 checks passed" in d["reasons"][0]
-    d = gate.decide(_metrics(win_rate=0.3, length_ratio=2.5), ev)
+def test_gate_promotes_on_evidence_with_every_guard_passing():
+    d = gate.decide(_metrics(), GateCfg())
+    assert d["passed"], d["reasons"]
+    assert "frozen-M0 win rate 0.620 (95% CI 0.550 to 0.690) is above 0.5" in d["reasons"][0]
+    assert len(d["guards"]) == 12 and all(g["passed"] for g in d["guards"])
+    assert {"metric", "value", "bound", "passed", "reason"} <= set(d["guards"][0])
+
+
+def test_identical_candidate_is_refused_for_lack_of_evidence():
+    d = gate.decide(_metrics(win_rate=0.5, win_rate_ci95=[0.5, 0.5], capability_gain=0.0,
+                             capability_gain_ci95=[0.0, 0.0], length_ratio=1.0, distinct2_ratio=1.0), GateCfg())
+    assert not d["passed"] and d["reasons"][0].startswith("no evidence of improvement")
+    assert all(g["passed"] for g in d["guards"])
+
+
+def test_guard_failures_name_metric_value_and_bound():
+    collapsed = _metrics(length_ratio=2.6, repetition4=0.4, semantic_similarity=0.7, kl_per_token=3.0)
+    d = gate.decide(collapsed, GateCfg())
     assert not d["passed"]
-    assert any("win_rate 0.300 fails >= 0.5" in r for r in d["reasons"])
-    assert any("length_ratio 2.500 fails <= 2.0" in r for r in d["reasons"])
-    d = gate.decide(_metrics(judge_valid_rate_delta=-0.3), ev)
-    assert not d["passed"] and d["reasons"] == ["judge_valid_rate_delta -0.300 fails >= -0.2"]
-    d = gate.decide(_metrics(win_rate=None), ev)
-    assert not d["passed"] and "could not be measured" in d["reasons"][0]
+    text = "\n".join(d["reasons"])
+    for expected in ("length_ratio 2.600 (mean length vs previous) fails <= 2", "repetition_rise 0.350",
+                     "semantic_similarity_rise 0.400", "kl_per_token 3.000"):
+        assert expected in text
+    relaxed = GateCfg(guards=["capability"])  # only the enforced guards count
+    assert gate.decide(collapsed, relaxed)["passed"]
 
 
-def test_both_order_probability_cancels_position_bias():
-    from selfreward.eval.metrics import both_order_probability
+def test_unmeasured_metric_fails_its_guard_and_zero_previous_is_no_pass():
+    d = gate.decide(_metrics(distinct2_ratio=None), GateCfg())
+    assert not d["passed"] and any("distinct2_ratio (distinct-2 vs previous) could not be measured" in r
+                                   for r in d["reasons"])
+    d = gate.decide(_metrics(known_answer_delta=-0.3, known_answer_delta_reason=None), GateCfg())
+    assert any("known_answer_delta -0.300" in r for r in d["reasons"])
 
-    # a judge biased towards A by +0.3 in both orders: the candidate's 0.6 preference survives
-    assert both_order_probability(0.6 + 0.3, 0.4 + 0.3) == pytest.approx(0.6)
-    assert both_order_probability(0.9, None) is None
+
+def test_capability_alone_can_be_the_evidence():
+    m = _metrics(win_rate=0.5, win_rate_ci95=[0.45, 0.55], capability_gain=0.1, capability_gain_ci95=[0.03, 0.17],
+                 capability_gain_vs_m0=0.1)
+    assert gate.decide(m, GateCfg())["passed"]
+    assert not gate.decide(m, GateCfg(improvement=["win_rate"]))["passed"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"min_length_ratio": 3.0, "max_length_ratio": 2.0}, "must be below max_length_ratio"),
+    ({"guards": ["vibes"]}, "Input should be"),
+    ({"improvement": []}, "at least 1 item"),
+    ({"min_win_rate": "high"}, "valid number"),
+])
+def test_bad_gate_config(bad, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        GateCfg(**bad)
