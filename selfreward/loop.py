@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from selfreward import artifacts, lifecycle, oversight
+from selfreward import launch, runlock, stale  # slurm: lock, stop budget, --force stale marking
 from selfreward.config import Config, RecipeError, dump, identity
 from selfreward.launch import IterationEnded
 from selfreward.records import read_json, write_atomic, write_json
@@ -49,8 +50,10 @@ def check_recipe(cfg: Config, origin: str) -> None:
 
 
 def prepare_run_dir(cfg: Config, force: bool) -> Path:
-    """Create the run directory with run.yaml, or check that an existing one was made by the same recipe."""
+    """Create the run directory with run.yaml, or check that an existing one was made by the same recipe; then
+    hold its lock (a directory another live process writes is refused before anything is written)."""
     run_dir = cfg.run_dir()
+    launch.set_stop_budget(cfg.launch.stop_within_s)
     text = dump(cfg)
     path = run_dir / "run.yaml"
     if path.exists():
@@ -59,6 +62,7 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
         if changed and not force:
             raise RecipeError(f"{path}: the run was started with a different config (changed: {', '.join(changed)}); "
                               f"use another run.name, or --force to redo the affected stages")
+        runlock.acquire(run_dir)
         if changed:
             write_atomic(path.with_name(f"run.replaced-{time.strftime('%Y%m%dT%H%M%S')}.yaml"), path.read_text())
         if path.read_text() != text:  # operational keys (iterations, shard sizes, tracking) may change on resume
@@ -66,6 +70,7 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     else:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            runlock.acquire(run_dir)
             write_atomic(path, text)
         except OSError as e:
             raise RecipeError(f"run.output_dir: cannot create {run_dir}: {e.strerror or e}") from None
@@ -89,6 +94,7 @@ def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Trac
     iter_dir = _start_iteration(run_dir, k)
     for stage in _stages():
         existed = (iter_dir / stage.name / "manifest.json").exists()
+        stale.before_stage(stage, cfg, iter_dir, force)  # redoing a finished stage: later iterations go aside
         try:
             manifest = lifecycle.execute(stage, cfg, iter_dir, force)
         except IterationEnded as e:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from selfreward import artifacts, models
 from selfreward.config import Config
-from selfreward.launch import IterationEnded, Preempted, stop_requested
+from selfreward.launch import IterationEnded, Preempted, stop_on_all_ranks, stop_signal
 
 # keys selfreward sets from its own recipe fields; dpo_overrides may not redefine where artifacts go
 _RESERVED = {"output_dir", "logging_dir"}
@@ -48,12 +48,13 @@ def build_dpo_config(cfg: Config, output_dir: str):
 
 
 def _stop_on_signal():
-    """SIGTERM/SIGUSR1 (SLURM preemption): finish the step in flight, save a checkpoint, stop."""
+    """A stop signal (SLURM preemption) on any rank: every rank finishes the same optimizer step, one
+    consistent checkpoint is saved, training stops. The flag is reduced across ranks after every step."""
     from transformers import TrainerCallback
 
     class StopOnSignal(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if stop_requested():
+            if stop_on_all_ranks(args.device):
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -139,11 +140,16 @@ def fit(cfg: Config, iter_dir: Path):
                          peft_config=peft_config)
     trainer.add_callback(_stop_on_signal())
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(out_dir / "checkpoints"))
-    if stop_requested():
-        raise Preempted(f"training stopped after step {trainer.state.global_step}; checkpoint saved")
-    bad = [h["step"] for h in trainer.state.log_history if "loss" in h and not math.isfinite(h["loss"])]
+    # a signal after the last step does not undo finished training: the adapter is saved, the next stage stops
+    if trainer.state.global_step < trainer.state.max_steps and stop_on_all_ranks(trainer.args.device):
+        raise Preempted(f"training stopped after step {trainer.state.global_step} on signal {stop_signal()}; "
+                        f"checkpoint saved")
+    # TRL can log a NaN step's loss as 0: the gradient norm and log-probabilities tell the truth
+    watched = ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins")
+    bad = [(h["step"], key) for h in trainer.state.log_history for key in watched
+           if isinstance(h.get(key), float) and not math.isfinite(h[key])]
     if bad:
-        raise TrainingDiverged(f"DPO loss became non-finite at step {bad[0]}")
+        raise TrainingDiverged(f"DPO loss became non-finite at step {bad[0][0]} ({bad[0][1]} is not finite)")
     _save_adapter(trainer, out_dir)
 
     return trainer, _summary(trainer, result, len(data), parent)

@@ -1,0 +1,163 @@
+"""Scheduler jobs: one stage of one iteration as a job, and the facts sbatch scripts need about a recipe.
+
+Contract:
+- `python -m selfreward.jobs info RECIPE [key=value ...] [--shell]` validates the recipe as `selfreward validate`
+  does and checks it against the allocation it runs in (the tensor-parallel size must divide the GPUs per node);
+  it prints the git commit and the resolved config; with --shell as `#` comment lines followed by `NAME=value`
+  lines (RUN_DIR, ITERATIONS, TP, TRAIN_PROCESSES, LAUNCH_MODE, ACCELERATE_CONFIG, COMMIT, ...) that a script
+  can `eval`. A mistake is one line and exit code 2; nothing is written.
+- `python -m selfreward.jobs stage RECIPE STAGE ITERATION [key=value ...] [--force]` runs one stage
+  (`baseline` with iteration 0, or data_gen, judge, train, eval) through the same lifecycle as `selfreward
+  run`: it holds the run directory's lock, skips a finished stage, refuses a stage whose upstream stage has
+  not finished, and `eval` concludes the iteration (gate, promotion). An iteration that ended early (no pairs,
+  a NaN loss) is concluded unpromoted and later stages of it exit 0 as done, so the chain goes on from the
+  promoted model. Exit codes are launch's: 0, 2, 75 (preempted: requeue).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from selfreward import artifacts, launch, lifecycle
+from selfreward.config import RecipeError
+
+STAGES = ("baseline", "data_gen", "judge", "train", "eval")
+
+
+def _load(recipe: str, overrides: list[str]):
+    from selfreward import config, loop
+
+    cfg = config.load(recipe, overrides)
+    loop.check_recipe(cfg, recipe)
+    return cfg
+
+
+def check_allocation(cfg, env=os.environ) -> None:
+    """What the recipe asks of the allocation it runs in: vLLM's tensor-parallel size divides the GPUs."""
+    gpus = env.get("SLURM_GPUS_ON_NODE", "")
+    tp = cfg.model.tensor_parallel_size
+    if gpus.isdigit() and int(gpus) > 0 and int(gpus) % tp:
+        raise RecipeError(f"model.tensor_parallel_size: {tp} does not divide the {gpus} GPUs per node of this "
+                          f"allocation (SLURM_GPUS_ON_NODE)")
+    if gpus.isdigit() and int(gpus) == 0 and tp > 1:
+        raise RecipeError(f"model.tensor_parallel_size: {tp} needs GPUs, and this allocation has none")
+
+
+def cmd_info(args) -> int:
+    import shlex
+
+    from selfreward.config import dump
+
+    cfg = _load(args.recipe, args.overrides)
+    check_allocation(cfg)
+    facts = {"RUN_DIR": str(Path(os.path.abspath(cfg.run_dir()))), "RUN_NAME": cfg.run.name,
+             "ITERATIONS": str(cfg.run.iterations), "TP": str(cfg.model.tensor_parallel_size),
+             "TRAIN_PROCESSES": str(launch.world_size(cfg)), "COMMIT": artifacts.git_commit() or "unknown",
+             "STOP_WITHIN": str(cfg.launch.stop_within_s), "LAUNCH_MODE": cfg.launch.mode,
+             "ACCELERATE_CONFIG": cfg.launch.accelerate_config or ""}
+    lines = [f"selfreward {args.recipe} {' '.join(args.overrides)}".rstrip()
+             + f" (git commit {facts['COMMIT']}); run directory {facts['RUN_DIR']}", *dump(cfg).splitlines()]
+    if not args.shell:
+        print("\n".join(lines))
+        return 0
+    print("\n".join("# " + line for line in lines))
+    print("\n".join(f"{key}={shlex.quote(value)}" for key, value in facts.items()))
+    return 0
+
+
+def _baseline_stage():
+    """loop.run runs M0's baseline inline and offers no handle on it: the eval stage's module carries it."""
+    from selfreward import loop
+
+    evaluation = next(s for s in loop._stages() if s.name == "eval")
+    return sys.modules[evaluation.run.__module__].BASELINE
+
+
+def run_stage(cfg, name: str, k: int, force: bool) -> str:
+    """One stage of iteration k through the lifecycle; returns a one-line summary of what happened."""
+    from selfreward import loop, stale
+    from selfreward.tracking import Tracker
+
+    run_dir = loop.prepare_run_dir(cfg, force)
+    tracker = Tracker(cfg, run_dir)
+    try:
+        if name == "baseline":
+            base = _baseline_stage()
+            return base.summary(lifecycle.execute(base, cfg, artifacts.iteration_dir(run_dir, 0), force))
+        iter_dir = artifacts.iteration_dir(run_dir, k)
+        if (iter_dir / "outcome.json").exists() and not force:
+            return f"iteration {k} is already concluded; {name} has nothing to do"
+        stages = {s.name: s for s in loop._stages()}
+        if name == "eval" and not (artifacts.iteration_dir(run_dir, 0) / "eval" / "manifest.json").exists():
+            raise RecipeError(f"{run_dir}: run the baseline stage (iteration 0) first")
+        for up in stages[name].upstream:
+            if not (iter_dir / up / "manifest.json").exists():
+                raise RecipeError(f"{iter_dir}: stage {up} has not finished; run it before {name}")
+        if name == "eval":  # eval concludes the iteration: the loop's own code does it (gate, promotion)
+            return f"iteration {k}: {loop.run_iteration(cfg, run_dir, k, force, tracker)}"
+        iter_dir = loop._start_iteration(run_dir, k)
+        stale.before_stage(stages[name], cfg, iter_dir, force)
+        try:
+            manifest = lifecycle.execute(stages[name], cfg, iter_dir, force)
+        except launch.IterationEnded:
+            # the loop concludes it (the stages before this one are skipped, this one ends it again)
+            return f"iteration {k}: {loop.run_iteration(cfg, run_dir, k, force, tracker)} at {name}"
+        tracker.log(k, name, manifest)
+        return stages[name].summary(manifest)
+    finally:
+        tracker.finish()
+
+
+def cmd_stage(args) -> int:
+    if args.stage == "baseline" and args.iteration != 0 or args.stage != "baseline" and args.iteration < 1:
+        raise RecipeError(f"stage {args.stage} with iteration {args.iteration}: the baseline is iteration 0, "
+                          f"the other stages run in iterations 1 and later")
+    cfg = _load(args.recipe, args.overrides)
+    if args.iteration > cfg.run.iterations:
+        raise RecipeError(f"iteration {args.iteration}: the recipe runs {cfg.run.iterations} iteration(s)")
+    check_allocation(cfg)
+    launch.install_preemption_handlers()
+    print(f"[iter {args.iteration}] {run_stage(cfg, args.stage, args.iteration, args.force)}", flush=True)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m selfreward.jobs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="validate a recipe for this allocation; print its config, or shell facts")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--shell", action="store_true", help="print NAME=value lines for a shell script")
+    p.set_defaults(fn=cmd_info)
+    p = sub.add_parser("stage", help="run one stage of one iteration")
+    p.add_argument("recipe")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("iteration", type=int)
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--force", action="store_true", help="redo the stage if its config changed")
+    p.set_defaults(fn=cmd_stage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("VLLM_LOGGING_LEVEL", "ERROR"),
+                       ("TRANSFORMERS_VERBOSITY", "error")):
+        os.environ.setdefault(key, value)
+    from selfreward.launch import EXIT_PREEMPTED, EXIT_USER_ERROR, Preempted, StageConflict
+    from selfreward.models import ModelRefError
+
+    try:
+        return args.fn(args)
+    except (RecipeError, StageConflict, ModelRefError) as e:
+        print(f"selfreward: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Preempted as e:
+        print(f"selfreward: preempted: {e}; the job is requeued and resumes", file=sys.stderr)
+        return EXIT_PREEMPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
