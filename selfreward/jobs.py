@@ -46,12 +46,15 @@ def check_allocation(cfg, env=os.environ) -> None:
 
 
 def cmd_info(args) -> int:
+    import contextlib
+    import io
     import shlex
 
     from selfreward.config import dump
 
-    cfg = _load(args.recipe, args.overrides)
-    check_allocation(cfg)
+    with contextlib.redirect_stdout(io.StringIO()):  # what libraries print on import is noise to a script
+        cfg = _load(args.recipe, args.overrides)
+        check_allocation(cfg)
     facts = {"RUN_DIR": str(Path(os.path.abspath(cfg.run_dir()))), "RUN_NAME": cfg.run.name,
              "ITERATIONS": str(cfg.run.iterations), "TP": str(cfg.model.tensor_parallel_size),
              "TRAIN_PROCESSES": str(launch.world_size(cfg)), "COMMIT": artifacts.git_commit() or "unknown",

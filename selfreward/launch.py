@@ -20,6 +20,7 @@ Contract:
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import signal
@@ -103,8 +104,13 @@ def _abandon_if_late(force: bool) -> None:
     label, started, expected = _inflight[-1]
     limit = _stop_at[0] + ABANDON_AT * stop_budget()
     if force or (expected is not None and started + expected > limit):
+        _disarm()
         why = "the stop budget ran out" if force else f"it was expected to need {expected:.1f}s"
         raise ShardAbandoned(f"{label} abandoned on signal {stop_signal()} ({why}); it is redone on resume")
+
+
+def _disarm() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def install_preemption_handlers() -> None:
@@ -112,6 +118,7 @@ def install_preemption_handlers() -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
     signal.signal(signal.SIGALRM, _on_alarm)
+    atexit.register(_disarm)  # interpreter shutdown restores SIGALRM's default action, which kills
 
 
 def stop_requested() -> bool:
@@ -130,7 +137,7 @@ def request_stop(signum: int) -> None:
 
 
 def clear_stop() -> None:
-    signal.setitimer(signal.ITIMER_REAL, 0)
+    _disarm()
     _stop_requested.clear()
     _stop_at.clear()
     _inflight.clear()
@@ -197,7 +204,17 @@ def stage_main(stage) -> None:
         write_json(iter_dir / stage.name / "error.json",
                    {"exit_code": code, "type": type(e).__name__, "message": str(e)})
         print(f"{stage.name}: {e}", file=sys.stderr)
+        _barrier()  # every rank raised the same error: none exits (and srun kills none) before the record exists
         sys.exit(code)
+
+
+def _barrier() -> None:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _child_env() -> dict:
