@@ -184,6 +184,10 @@ PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=U
         while time.time() < end:
             info = self.job(job_id)
             if info.get("JobState") == "PENDING" and int(info.get("Restarts", 0)) >= restarts:
+                # slurmd rejects a credential issued in the second its job's old one was revoked: wait for the
+                # nodes to be free and that second to pass
+                self._wait(self._nodes_idle, timeout, "nodes did not become idle after the requeue")
+                time.sleep(2)
                 self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
                 return
             if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"):
