@@ -6,7 +6,7 @@ speed ratio, valid rate, agreement between the modes (Spearman of per-response s
 pairs they form), known-answer accuracy per mode (64 checks, 16 per corruption), and how much a planted
 sentence ("Score: 5 ...") moves the scores. Usage:
 
-    .venv/bin/python bench/judge.py [--prompts 64] [--samples 4] [--repeats 3] [--k 3]
+    .venv/bin/python bench/judge.py [--prompts 64] [--samples 4] [--repeats 3] [--k 3] [--recipe smollm2-135m-cpu]
 
 Writes bench/results/judge.json.
 """
@@ -81,15 +81,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--recipe", default="smollm2-135m-cpu", help="whose judge settings to use")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from selfreward import constitution, engine as engines
-    from selfreward.config import Config
+    from selfreward import config, constitution, engine as engines
     from selfreward.judge import known_answer
     from selfreward.judging import judge_items, mean_scores
 
-    cfg = Config()
+    cfg = config.load(config.find_recipe(args.recipe))  # the demo recipe's judge settings
     engine = engines.for_config(cfg)
     con = constitution.load(cfg.judge.constitution)
     prompts, responses = _responses(engine, args.prompts, args.samples, args.max_tokens)

@@ -19,22 +19,16 @@ def _ci(ci) -> str:
 
 
 def improvements(m: dict, g) -> list[dict]:
+    specs = [("win_rate", "win_rate", g.min_win_rate, "frozen-M0 win rate"),
+             ("capability", "capability_gain", g.min_capability_gain, "IFEval prompt-level strict accuracy gain")]
     rows = []
-    if "win_rate" in g.improvement:
-        lo = m["win_rate_ci95"][0]
-        ok = lo is not None and lo > g.min_win_rate
-        rows.append({"metric": "win_rate", "value": m["win_rate"], "ci95": m["win_rate_ci95"],
-                     "bound": g.min_win_rate, "significant": ok,
-                     "reason": f"frozen-M0 win rate {_fmt(m['win_rate'])}{_ci(m['win_rate_ci95'])} "
-                               f"{'is above' if ok else 'does not clear'} {g.min_win_rate}"})
-    if "capability" in g.improvement:
-        lo = m["capability_gain_ci95"][0]
-        ok = lo is not None and lo > g.min_capability_gain
-        rows.append({"metric": "capability", "value": m["capability_gain"], "ci95": m["capability_gain_ci95"],
-                     "bound": g.min_capability_gain, "significant": ok,
-                     "reason": f"IFEval prompt-level strict accuracy gain {_fmt(m['capability_gain'])}"
-                               f"{_ci(m['capability_gain_ci95'])} {'is above' if ok else 'does not clear'} "
-                               f"{g.min_capability_gain}"})
+    for name, key, bound, what in specs:
+        if name not in g.improvement:
+            continue
+        ci = m[f"{key}_ci95"]
+        ok = ci[0] is not None and ci[0] > bound
+        rows.append({"metric": name, "value": m[key], "ci95": ci, "bound": bound, "significant": ok,
+                     "reason": f"{what} {_fmt(m[key])}{_ci(ci)} {'is above' if ok else 'does not clear'} {bound}"})
     return rows
 
 

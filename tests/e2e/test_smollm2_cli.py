@@ -108,7 +108,7 @@ def test_full_iteration_artifacts(run_a):
     assert [h["iteration"] for h in state["history"]] == [1, 2]
     logged = [(r["iteration"], r["stage"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
     assert logged == [(0, "eval")] + [(k, s) for k in (1, 2) for s in ("data_gen", "judge", "train", "eval")]
-    assert "[iter 1] gate: promoted" in stdout and "[iter 2] judge: " in stdout
+    assert "[iter 1] gate: promoted" in stdout and "[iter 2] judge (sampled" in stdout
 
     # iteration 2 starts from M1: it generates and judges through adapter 1 and is compared with M1's probes
     lineage = read_json(run_dir / "iter_002/lineage.json")
