@@ -30,7 +30,7 @@ def recipe(tmp_path_factory, recipes_dir, write_recipe):
     probes = (recipes_dir / "probes" / "default.jsonl").read_text().splitlines()
     (tmp / "probes.jsonl").write_text("\n".join(probes[:6] + probes[-2:]) + "\n")
     ifeval = (recipes_dir / "probes" / "ifeval.jsonl").read_text().splitlines()
-    (tmp / "ifeval.jsonl").write_text("\n".join(ifeval[:20]) + "\n")
+    (tmp / "ifeval.jsonl").write_text("\n".join(ifeval[:10]) + "\n")
     data = {
         "run": {"name": "a", "output_dir": str(tmp / "runs"), "iterations": 2, "seed": 0},
         "data_gen": {"num_prompts": 8, "prompts_per_round": 24, "n_responses": 3, "max_tokens": 64,
@@ -49,7 +49,7 @@ def recipe(tmp_path_factory, recipes_dir, write_recipe):
 
 @pytest.fixture(scope="module")
 def run_a(recipe):
-    out = subprocess.run(cmd(recipe), capture_output=True, text=True, cwd=recipe.parent, timeout=1500)
+    out = subprocess.run(cmd(recipe), capture_output=True, text=True, cwd=recipe.parent, timeout=3600)
     assert out.returncode == 0, out.stderr[-4000:]
     return recipe.parent / "runs" / "a", out.stdout
 
@@ -102,7 +102,7 @@ def test_full_iteration_artifacts(run_a):
         assert key in metrics
     assert decision["reasons"] and len(decision["guards"]) == 3 and decision["improvement"][0]["ci95"][0] > 0
     assert decision["passed"], decision["reasons"]
-    assert 0 <= metrics["capability"]["prompt_strict"] <= 1 and metrics["capability_floor"]["prompts"] == 20
+    assert 0 <= metrics["capability"]["prompt_strict"] <= 1 and metrics["capability_floor"]["prompts"] == 10
     assert metrics["semantic_similarity"] is not None and metrics["prompt_drift"]["centroid_distance"] is not None
     state = read_json(run_dir / "state.json")
     assert [h["iteration"] for h in state["history"]] == [1, 2]
@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     assert not (run_dir / "iter_001/data_gen/responses.jsonl").exists()
     assert not list(run_dir.rglob("*.tmp"))
 
-    out = subprocess.run(cmd(recipe, *b), capture_output=True, text=True, cwd=recipe.parent, timeout=1500)
+    out = subprocess.run(cmd(recipe, *b), capture_output=True, text=True, cwd=recipe.parent, timeout=3600)
     assert out.returncode == 0, out.stderr[-4000:]
     # byte-identical artifacts: sampling is seeded per row, shards are cut at fixed boundaries, CPU training is
     # deterministic; only wall times and the run name differ in the manifests

@@ -11,9 +11,10 @@ from selfreward import artifacts, config, lifecycle, loop
 from selfreward.launch import IterationEnded
 from selfreward.records import read_json, read_jsonl, write_json, write_jsonl
 
+# logprob judging: continuous scores, so three responses practically never tie and every iteration has pairs
 SMALL = {
-    "data_gen": {"num_prompts": 4, "prompts_per_round": 16, "n_responses": 2, "max_tokens": 48},
-    "judge": {"num_judgments": 1, "max_tokens": 48, "reason_max_chars": 80, "known_answer_pairs": 4},
+    "data_gen": {"num_prompts": 4, "prompts_per_round": 16, "n_responses": 3, "max_tokens": 48},
+    "judge": {"mode": "logprob", "allow_truncated": True, "known_answer_pairs": 4},
     "train": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "max_length": 192},
     "eval": {"max_tokens": 48, "capability_max_tokens": 32, "shard_size": 16},
 }
@@ -69,7 +70,7 @@ def test_unchanged_candidate_is_refused_and_the_next_iteration_starts_from_the_p
 def test_manual_oversight_waits_for_a_human(unchanged_run, small, cli):
     run_dir, _ = unchanged_run
     out = cli("approve", run_dir, "--iteration", "1", "--reason", "looks fine")
-    assert out.returncode == 2 and "was refused by the gate" in out.stderr
+    assert out.returncode == 2 and "iteration 1 is already decided (not promoted)" in out.stderr
     out = cli("approve", run_dir, "--iteration", "7", "--reason", "x")
     assert out.returncode == 2 and "iteration 7 has not reached its gate" in out.stderr
     before = (run_dir / "state.json").read_text()
@@ -77,6 +78,8 @@ def test_manual_oversight_waits_for_a_human(unchanged_run, small, cli):
     loop.run(cfg)  # iteration 3 stops after its gate
     assert (run_dir / "iter_003/review.json").exists() and not (run_dir / "iter_003/outcome.json").exists()
     assert (run_dir / "state.json").read_text() == before
+    out = cli("approve", run_dir, "--iteration", "3", "--reason", "ship it")  # the gate refused it
+    assert out.returncode == 2 and "was refused by the gate" in out.stderr and "cannot be approved" in out.stderr
     out = cli("reject", run_dir, "--iteration", "3", "--reason", "no better than M0", "--by", "alice")
     assert out.returncode == 0, out.stderr
     state = read_json(run_dir / "state.json")
@@ -115,6 +118,7 @@ def test_candidate_trained_on_degenerate_pairs_is_refused_for_collapse(unchanged
     loop.prepare_run_dir(cfg, force=False)
     for part in ("iter_000", "iter_001/lineage.json", "iter_001/data_gen", "iter_001/judge"):
         src, dst = run_dir / part, new / part  # M0's real outputs from the unchanged run
+        dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
     it = artifacts.iteration_dir(new, 1)
     write_jsonl(it / "judge" / "pairs.jsonl", _degenerate_pairs(read_jsonl(it / "data_gen" / "prompts.jsonl")))
