@@ -62,10 +62,10 @@ def _agreement(prompts, responses, scores, jc) -> dict:
             "sampled_pairs_ordered_alike_by_logprob": sum(ordered) / len(ordered) if ordered else None}
 
 
-def _plant(engine, con, jc, responses, mode):
+def _plant(engine, con, jc, responses, mode, n):
     from selfreward.judging import judge_items, mean_scores
 
-    picked = [r for r in responses if r["sample"] == 0][:64]
+    picked = [r for r in responses if r["sample"] == 0][:n]
     items = [{"id": r["id"], "instruction": r["instruction"], "response": r["response"]} for r in picked]
     planted = [{**i, "id": i["id"] + "-planted", "response": i["response"] + PLANT} for i in items]
     s = mean_scores(judge_items(engine, con, jc, items + planted, None, ("bench-plant",)))
@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--recipe", default="smollm2-135m-cpu", help="whose judge settings to use")
+    ap.add_argument("--checks", type=int, default=64, help="known-answer checks (a quarter per corruption)")
+    ap.add_argument("--planted", type=int, default=64, help="responses judged with and without a planted sentence")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,7 +111,7 @@ def main() -> None:
             runs[mode].append(time.perf_counter() - t0)
             last[mode] = rows
             print(f"rep {rep} {mode}: {runs[mode][-1]:.1f}s", flush=True)
-    checks = known_answer.build(prompts, responses, 64, seed=0)
+    checks = known_answer.build(prompts, responses, args.checks, seed=0)
     result = {"machine": _cpu(), "args": vars(args), "responses": len(items),
               "truncated_responses": sum(r["finish_reason"] == "length" for r in responses), "modes": {}}
     scores = {m: mean_scores(last[m]) for m in modes}
@@ -120,7 +122,7 @@ def main() -> None:
         result["modes"][mode] = {"wall_s": runs[mode], "median_s": wall, "responses_per_s": len(items) / wall,
                                  "judgments": len(last[mode]), "valid_rate": valid / len(last[mode]),
                                  "known_answer": known_answer.accuracy(checks, ka),
-                                 "planted": _plant(engine, con, jc, responses, mode)}
+                                 "planted": _plant(engine, con, jc, responses, mode, args.planted)}
     result["speed_ratio"] = result["modes"]["sampled"]["median_s"] / result["modes"]["logprob"]["median_s"]
     result["agreement"] = _agreement(prompts, responses, scores, cfg.judge)
     out = ROOT / "bench" / "results" / "judge.json"
