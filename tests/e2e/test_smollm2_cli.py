@@ -35,8 +35,10 @@ def recipe(tmp_path_factory, recipes_dir, write_recipe):
         "run": {"name": "a", "output_dir": str(tmp / "runs"), "iterations": 2, "seed": 0},
         "data_gen": {"num_prompts": 8, "prompts_per_round": 24, "n_responses": 3, "max_tokens": 64,
                      "shard_size": 6},
-        "judge": {"num_judgments": 2, "temperature": 0.7, "max_tokens": 64, "reason_max_chars": 100,
-                  "shard_size": 12, "known_answer_pairs": 8},
+        # logprob judging is bit-reproducible across processes; sampled judging with structured outputs is not
+        # on a bf16 CPU (vLLM schedules requests as their grammars compile, and batch composition changes the
+        # bf16 sums): tests/integration/test_judge_modes.py covers the sampled mode
+        "judge": {"mode": "logprob", "shard_size": 12, "known_answer_pairs": 8},
         "train": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 256},
         # a permissive gate (any win rate above 0 is evidence; length and KL guarded) so that M1 is promoted and
         # iteration 2 runs from its adapter: what the gate refuses is tested in tests/integration/test_gate.py
@@ -63,13 +65,13 @@ def test_full_iteration_artifacts(run_a):
     judgments = read_jsonl(run_dir / "iter_001/judge/judgments.jsonl")
     assert len(prompts) == 8 and len({p["instruction"] for p in prompts}) == 8
     assert len(responses) == 24 and {r["prompt_id"] for r in responses} == {p["id"] for p in prompts}
-    assert len(judgments) == 48
+    assert len(judgments) == 24
     stats = read_json(run_dir / "iter_001/judge/stats.json")
     assert stats["valid"] == sum(j["score"] is not None for j in judgments)
     assert all(j["score"] is None or 0 <= j["score"] <= 5 for j in judgments)
-    # structured outputs: every judgment ends in a parsable score unless max_tokens cut it
     assert stats["valid_rate"] >= 0.9, stats["invalid_reasons"]
-    assert all(j["invalid"] == "truncated" for j in judgments if j["score"] is None)
+    assert all(j["invalid"] == "low_score_mass" for j in judgments if j["score"] is None)
+    assert all(0.5 <= j["score_mass"] <= 1 for j in judgments if j["score"] is not None)
     assert all(j["constitution_sha256"] == stats["constitution"]["sha256"] for j in judgments)
     known = read_jsonl(run_dir / "iter_001/judge/known_answer.jsonl")
     assert len(known) == 8 and stats["known_answer"]["n"] + stats["known_answer"]["unjudged"] == 8
@@ -108,7 +110,7 @@ def test_full_iteration_artifacts(run_a):
     assert [h["iteration"] for h in state["history"]] == [1, 2]
     logged = [(r["iteration"], r["stage"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
     assert logged == [(0, "eval")] + [(k, s) for k in (1, 2) for s in ("data_gen", "judge", "train", "eval")]
-    assert "[iter 1] gate: promoted" in stdout and "[iter 2] judge (sampled" in stdout
+    assert "[iter 1] gate: promoted" in stdout and "[iter 2] judge (logprob" in stdout
 
     # iteration 2 starts from M1: it generates and judges through adapter 1 and is compared with M1's probes
     lineage = read_json(run_dir / "iter_002/lineage.json")
