@@ -210,6 +210,8 @@ class TrackingCfg(Section):
     wandb: bool = Field(False, description="Log to Weights & Biases (offline when no API key is set).")
     project: str = Field("selfreward", description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (team or user).")
+    group: str | None = Field(None, description="W&B group: runs of one experiment (e.g. a sweep) shown together.")
+    tags: list[str] = Field(default_factory=list, description="W&B tags of the loop's run.")
 
 
 class LaunchCfg(Section):

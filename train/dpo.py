@@ -15,6 +15,7 @@ from pathlib import Path
 from selfreward import artifacts, models
 from selfreward.config import Config
 from selfreward.launch import IterationEnded, Preempted, stop_on_all_ranks, stop_signal
+from selfreward.records import write_jsonl
 
 # keys selfreward sets from its own recipe fields; dpo_overrides may not redefine where artifacts go
 _RESERVED = {"output_dir", "logging_dir"}
@@ -79,11 +80,12 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
 _ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
 
 
-def _save_adapter(trainer, out_dir: Path) -> None:
+def _save_adapter(trainer, out_dir: Path, model_ref: str) -> None:
     """Save the trained adapter (gathered across ranks under ZeRO-3) and move it into place atomically.
 
     Only the trained "default" adapter is kept: TRL's frozen "ref" copy, the tokenizer and the model card
-    (which is not reproducible) are dropped.
+    (which is not reproducible) are dropped. The base model is named by the recipe's `model.ref` as given,
+    not by the path it resolved to in this user's cache, so the adapter loads elsewhere (models.load_adapter).
     """
     tmp = out_dir / ".adapter.tmp"
     main = trainer.accelerator.is_main_process
@@ -99,6 +101,7 @@ def _save_adapter(trainer, out_dir: Path) -> None:
         adapter_cfg = json.loads((tmp / "adapter_config.json").read_text())
         if isinstance(adapter_cfg.get("target_modules"), list):
             adapter_cfg["target_modules"] = sorted(adapter_cfg["target_modules"])
+        adapter_cfg["base_model_name_or_path"] = model_ref
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True))
         if (out_dir / "adapter").exists():
             shutil.rmtree(out_dir / "adapter")
@@ -150,7 +153,9 @@ def fit(cfg: Config, iter_dir: Path):
            if isinstance(h.get(key), float) and not math.isfinite(h[key])]
     if bad:
         raise TrainingDiverged(f"DPO loss became non-finite at step {bad[0][0]} ({bad[0][1]} is not finite)")
-    _save_adapter(trainer, out_dir)
+    _save_adapter(trainer, out_dir, cfg.model.ref)
+    if trainer.accelerator.is_main_process:  # per-step curves (loss, reward margins) for tracking and reports
+        write_jsonl(out_dir / "log_history.jsonl", [h for h in trainer.state.log_history if "loss" in h])
 
     return trainer, _summary(trainer, result, len(data), parent)
 

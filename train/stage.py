@@ -1,7 +1,8 @@
 """train: DPO + LoRA on the iteration's pairs, in this process or through `accelerate launch -m selfreward.train`.
 
 Contract: reads judge's `pairs.jsonl` and the parent adapter (lineage); writes `adapter/` (PEFT safetensors,
-the trained adapter only) and `checkpoints/` (for resume). Zero pairs or a non-finite loss end the iteration
+the trained adapter only, its base named by the recipe's model.ref), `log_history.jsonl` (TRL's per-step
+logs: loss, rewards/margins, ...) and `checkpoints/` (for resume). Zero pairs or a non-finite loss end the iteration
 without promotion.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     from selfreward.train.dpo import train
 
     metrics = train(cfg, iter_dir)
-    return Outputs({"adapter": iter_dir / "train" / "adapter"}, metrics)
+    return Outputs({"adapter": iter_dir / "train" / "adapter",
+                    "log_history": iter_dir / "train" / "log_history.jsonl"}, metrics)
 
 
 def summary(m: dict) -> str:
