@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from selfreward.launch import EXIT_PREEMPTED, EXIT_USER_ERROR
+from selfreward.launch import exit_code_of
 
 
 def _quiet_libraries() -> None:
@@ -21,10 +21,16 @@ def _quiet_libraries() -> None:
 
 
 def cmd_validate(args) -> int:
-    from selfreward import config, loop
+    from selfreward import config, loop, models
 
-    cfg = config.load(args.recipe, args.overrides)
+    cfg = config.load(args.recipe, args.overrides, offline_hub_ok=True)
     loop.check_recipe(cfg, args.recipe)
+    try:
+        note = models.hub_note(cfg.model.ref)
+    except models.ModelRefError as e:
+        raise config.RecipeError(f"{args.recipe}: model.ref: {e}") from None
+    if note:
+        print(f"{args.recipe}: model.ref: {note}")
     print(f"{args.recipe}: ok ({cfg.run.iterations} iterations, model {cfg.model.ref}, "
           f"{cfg.data_gen.num_prompts} prompts x {cfg.data_gen.n_responses} responses, run dir {cfg.run_dir()})")
     return 0
@@ -219,19 +225,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
-
-    from selfreward.config import RecipeError
-    from selfreward.launch import Preempted, StageConflict
-    from selfreward.models import ModelRefError
-
-    try:
-        return args.fn(args)
-    except (RecipeError, StageConflict, ModelRefError) as e:
-        print(f"selfreward: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Preempted as e:
-        print(f"selfreward: preempted: {e}; run the same command again to resume", file=sys.stderr)
-        return EXIT_PREEMPTED
+    return exit_code_of(args.fn, args, "run the same command again to resume")
 
 
 if __name__ == "__main__":

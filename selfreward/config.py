@@ -223,6 +223,11 @@ class LaunchCfg(Section):
     stop_within_s: float = Field(25.0, gt=0, description="After a stop signal (SLURM preemption), exit within "
                                                          "this many seconds: a shard that cannot finish in time "
                                                          "is abandoned and redone on resume.")
+    gpus_per_node: int = Field(0, ge=0, description="SLURM shape: GPUs per node the jobs ask for (slurm/submit.sh "
+                                                    "--gpus-per-node); 0 = CPU. model.tensor_parallel_size must "
+                                                    "divide it.")
+    train_nodes: int = Field(1, ge=1, description="SLURM shape: nodes of a train job (slurm/submit.sh --train-nodes); "
+                                                  "more than 1 needs mode: subprocess and an accelerate_config.")
 
 
 class Config(Section):
@@ -242,6 +247,14 @@ class Config(Section):
         if self.model.engine == "hf" and self.judge.mode == "sampled" and self.judge.structured:
             raise ValueError("judge.structured: structured outputs need model.engine: vllm "
                              "(set judge.structured: false, or judge.mode: logprob)")
+        gpus, tp = self.launch.gpus_per_node, self.model.tensor_parallel_size
+        if gpus and gpus % tp:
+            raise ValueError(f"model.tensor_parallel_size: {tp} does not divide launch.gpus_per_node={gpus} (vLLM "
+                             f"splits the model over tensor_parallel_size GPUs of one node)")
+        nodes = self.launch.train_nodes
+        if nodes > 1 and (self.launch.mode != "subprocess" or not self.launch.accelerate_config):
+            raise ValueError(f"launch.train_nodes: {nodes} nodes need launch.mode: subprocess and a "
+                             f"launch.accelerate_config")
         return self
 
     def run_dir(self) -> Path:
@@ -251,7 +264,7 @@ class Config(Section):
 # keys that change how a run is carried out, not what it produces: a resumed run may change them
 OPERATIONAL = ("run.iterations", "run.output_dir", "run.oversight", "data_gen.shard_size", "judge.shard_size",
                "eval.shard_size", "eval.gate.on_fail", "train.save_steps", "tracking.", "launch.mode",
-               "model.kv_cache_gib", "model.gpu_memory_utilization")
+               "model.kv_cache_gib", "model.gpu_memory_utilization", "launch.gpus_per_node", "launch.train_nodes")
 
 # recipe keys renamed to TRL's names: an old key is an error that names the new one
 RENAMED = {"train.batch_size": "train.per_device_train_batch_size",
@@ -338,8 +351,9 @@ def find_recipe(name: str | Path) -> Path:
                       f"{', '.join(shipped) or 'none'})")
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Load, override, validate and check files. Raises RecipeError with a one-line message."""
+def load(path: str | Path, overrides: list[str] = (), offline_hub_ok: bool = False) -> Config:
+    """Load, override, validate and check files. Raises RecipeError with a one-line message. `offline_hub_ok`
+    (validate): a hub id that HF_HUB_OFFLINE=1 keeps from being fetched is checked for form only."""
     path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -360,11 +374,11 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise RecipeError(_format_error(str(path), e)) from None
-    check_inputs(cfg, str(path))
+    check_inputs(cfg, str(path), offline_hub_ok)
     return cfg
 
 
-def check_inputs(cfg: Config, origin: str) -> None:
+def check_inputs(cfg: Config, origin: str, offline_hub_ok: bool = False) -> None:
     """Files and model references the recipe names must exist and be usable; nothing is loaded."""
     from selfreward import constitution, models  # light: no torch at import
 
@@ -384,7 +398,7 @@ def check_inputs(cfg: Config, origin: str) -> None:
     _check_template(cfg.eval.pairwise_template, {"instruction", "response_a", "response_b"}, origin,
                     "eval.pairwise_template")
     try:
-        models.check_ref(cfg.model.ref)
+        models.check_ref(cfg.model.ref, offline_hub_ok)
     except models.ModelRefError as e:
         raise RecipeError(f"{origin}: model.ref: {e}") from None
     if cfg.launch.accelerate_config and not Path(cfg.launch.accelerate_config).is_file():

@@ -4,7 +4,8 @@ Contract:
 - `python -m selfreward.jobs info RECIPE [key=value ...] [--shell]` validates the recipe as `selfreward validate`
   does and checks it against the allocation it runs in (the tensor-parallel size must divide the GPUs per node);
   it prints the git commit and the resolved config; with --shell as `#` comment lines followed by `NAME=value`
-  lines (RUN_DIR, ITERATIONS, TP, TRAIN_PROCESSES, LAUNCH_MODE, ACCELERATE_CONFIG, COMMIT, ...) that a script
+  lines (RUN_DIR, ITERATIONS, TP, TRAIN_PROCESSES, LAUNCH_MODE, ACCELERATE_CONFIG, GPUS_PER_NODE, TRAIN_NODES,
+  COMMIT, ...) that a script
   can `eval`. A mistake is one line and exit code 2; nothing is written.
 - `python -m selfreward.jobs stage RECIPE STAGE ITERATION [key=value ...] [--force]` runs one stage
   (`baseline` with iteration 0, or data_gen, judge, train, eval) through the same lifecycle as `selfreward
@@ -26,10 +27,10 @@ from selfreward.config import RecipeError
 STAGES = ("baseline", "data_gen", "judge", "train", "eval")
 
 
-def _load(recipe: str, overrides: list[str]):
+def _load(recipe: str, overrides: list[str], offline_hub_ok: bool = False):
     from selfreward import config, loop
 
-    cfg = config.load(recipe, overrides)
+    cfg = config.load(recipe, overrides, offline_hub_ok)
     loop.check_recipe(cfg, recipe)
     return cfg
 
@@ -53,13 +54,14 @@ def cmd_info(args) -> int:
     from selfreward.config import dump
 
     with contextlib.redirect_stdout(io.StringIO()):  # what libraries print on import is noise to a script
-        cfg = _load(args.recipe, args.overrides)
+        cfg = _load(args.recipe, args.overrides, args.offline_hub_ok)
         check_allocation(cfg)
     facts = {"RUN_DIR": str(Path(os.path.abspath(cfg.run_dir()))), "RUN_NAME": cfg.run.name,
              "ITERATIONS": str(cfg.run.iterations), "TP": str(cfg.model.tensor_parallel_size),
              "TRAIN_PROCESSES": str(launch.world_size(cfg)), "COMMIT": artifacts.git_commit() or "unknown",
              "STOP_WITHIN": str(cfg.launch.stop_within_s), "LAUNCH_MODE": cfg.launch.mode,
-             "ACCELERATE_CONFIG": cfg.launch.accelerate_config or ""}
+             "ACCELERATE_CONFIG": cfg.launch.accelerate_config or "",
+             "GPUS_PER_NODE": str(cfg.launch.gpus_per_node), "TRAIN_NODES": str(cfg.launch.train_nodes)}
     lines = [f"selfreward {args.recipe} {' '.join(args.overrides)}".rstrip()
              + f" (git commit {facts['COMMIT']}); run directory {facts['RUN_DIR']}", *dump(cfg).splitlines()]
     if not args.shell:
@@ -133,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--shell", action="store_true", help="print NAME=value lines for a shell script")
+    p.add_argument("--offline-hub-ok", action="store_true",
+                   help="a hub id HF_HUB_OFFLINE=1 keeps from being fetched passes on its form (submit.sh --dry-run)")
     p.set_defaults(fn=cmd_info)
     p = sub.add_parser("stage", help="run one stage of one iteration")
     p.add_argument("recipe")
@@ -149,17 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("VLLM_LOGGING_LEVEL", "ERROR"),
                        ("TRANSFORMERS_VERBOSITY", "error")):
         os.environ.setdefault(key, value)
-    from selfreward.launch import EXIT_PREEMPTED, EXIT_USER_ERROR, Preempted, StageConflict
-    from selfreward.models import ModelRefError
-
-    try:
-        return args.fn(args)
-    except (RecipeError, StageConflict, ModelRefError) as e:
-        print(f"selfreward: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Preempted as e:
-        print(f"selfreward: preempted: {e}; the job is requeued and resumes", file=sys.stderr)
-        return EXIT_PREEMPTED
+    return launch.exit_code_of(args.fn, args, "the job is requeued and resumes")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,23 @@ def stop_on_all_ranks(device=None) -> bool:
 _CODES = ((StageConflict, EXIT_USER_ERROR), (IterationEnded, EXIT_ITERATION_ENDED), (Preempted, EXIT_PREEMPTED))
 
 
+def exit_code_of(command, args, resume_hint: str) -> int:
+    """Run a command-line entry (`selfreward ...`, `python -m selfreward.jobs ...`) and map its failures to
+    exit codes: a user mistake (bad recipe, stage conflict, bad model reference, a locked run directory) is
+    one line `selfreward: error: ...` and 2; a preemption is one line ending with `resume_hint` and 75."""
+    from selfreward.config import RecipeError
+    from selfreward.models import ModelRefError
+
+    try:
+        return command(args)
+    except (RecipeError, StageConflict, ModelRefError) as e:
+        print(f"selfreward: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Preempted as e:
+        print(f"selfreward: preempted: {e}; {resume_hint}", file=sys.stderr)
+        return EXIT_PREEMPTED
+
+
 def stage_main(stage) -> None:
     """Entry of `python -m selfreward.<stage> RUN_DIR ITERATION`: the stage's work in this process.
 

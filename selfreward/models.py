@@ -70,8 +70,9 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def check_ref(ref: str) -> None:
-    """Cheap validation without loading anything: used by config validation before any model loads."""
+def check_ref(ref: str, offline_ok: bool = False) -> None:
+    """Cheap validation without loading anything: used by config validation before any model loads.
+    `offline_ok` (validate): a well-formed hub id passes while HF_HUB_OFFLINE=1 even when it is not cached."""
     if ref.startswith(EMBEDDED_PREFIX):
         name = ref[len(EMBEDDED_PREFIX):]
         if name not in EMBEDDED:
@@ -90,8 +91,32 @@ def check_ref(ref: str) -> None:
         return
     if not _looks_like_hub_id(ref):
         raise ModelRefError(f"{ref!r} is neither an existing directory, a hub id (org/name) nor embedded:<name>")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(ref):
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(ref) and not offline_ok:
         raise ModelRefError(f"{ref!r} is not a local directory, and HF_HUB_OFFLINE=1 forbids downloading it")
+
+
+def hub_note(ref: str) -> str | None:
+    """What `selfreward validate` says about a hub id (None for a local directory or embedded model): offline
+    (HF_HUB_OFFLINE=1) its form only, never fetched; online, whether the hub has it (nothing is downloaded)."""
+    if ref.startswith(EMBEDDED_PREFIX) or os.path.isdir(os.path.expanduser(ref)) or not _looks_like_hub_id(ref):
+        return None
+    if _in_hub_cache(ref):
+        return f"hub id {ref} is in the local Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return (f"hub id {ref}: form checked (org/name), not fetched (HF_HUB_OFFLINE=1); "
+                f"`selfreward run` needs it downloaded first: hf download {ref}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(ref, timeout=10)
+    except GatedRepoError:
+        return f"hub id {ref} exists on the hub and is gated: accept its license and log in before `selfreward run`"
+    except RepositoryNotFoundError:
+        raise ModelRefError(f"{ref!r} is not a model on the Hugging Face Hub (or it is private)") from None
+    except Exception as e:  # no network, a proxy, a timeout: the form is all that could be checked
+        return f"hub id {ref}: form checked (org/name); the hub could not be asked ({type(e).__name__})"
+    return f"hub id {ref} exists on the Hugging Face Hub (not downloaded)"
 
 
 def _in_hub_cache(ref: str) -> bool:

@@ -8,16 +8,18 @@ usage: slurm/submit.sh [options] RECIPE [key.path=value ...]
 
 Submits slurm/stage.sbatch once per stage: the baseline, then data_gen, judge, train and eval of every
 iteration, each job depending on the previous one (afterok; a failed job cancels the rest of the chain).
-Generation, judging and eval run on one node with --gpus-per-node GPUs (vLLM tensor parallel within it);
-training runs on --train-nodes nodes (one `accelerate launch` per node through srun).
+Generation, judging and eval run on one node with model.tensor_parallel_size of its GPUs (vLLM tensor
+parallel); training runs on --train-nodes nodes with --gpus-per-node GPUs each (one `accelerate launch` per
+node through srun). The recipe's launch.gpus_per_node and launch.train_nodes are the defaults of both options.
 
 options:
   --partition P        sbatch --partition for every job        (or set SBATCH_PARTITION)
   --account A          sbatch --account for every job          (or set SBATCH_ACCOUNT)
   --time T             sbatch --time for every job (e.g. 04:00:00)
-  --gpus-per-node G    GPUs per node for every job (default 0: CPU); model.tensor_parallel_size must divide G
-  --train-nodes N      nodes of each train job (default 1); N > 1 needs launch.mode: subprocess and an
-                       accelerate config in the recipe
+  --gpus-per-node G    GPUs per node (default: the recipe's launch.gpus_per_node; 0: CPU);
+                       model.tensor_parallel_size must divide G
+  --train-nodes N      nodes of each train job (default: the recipe's launch.train_nodes); N > 1 needs
+                       launch.mode: subprocess and an accelerate config in the recipe
   --sbatch-args "..."  extra sbatch options for every job (e.g. "--qos=high --constraint=a100")
   --dry-run            print the sbatch commands instead of submitting them
   -h, --help           this text
@@ -29,7 +31,7 @@ USAGE
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/lib.sh"
 
-partition="" account="" time_limit="" gpus=0 train_nodes=1 extra="" dry=0
+partition="" account="" time_limit="" gpus="" train_nodes="" extra="" dry=0
 while (( $# )); do
   case $1 in
     -h|--help) usage; exit 0 ;;
@@ -46,15 +48,18 @@ while (( $# )); do
   esac
 done
 (( $# >= 1 )) || die "missing RECIPE (a recipe file or a shipped recipe's name); see --help"
-[[ $gpus =~ ^[0-9]+$ ]] || die "--gpus-per-node: expected a number of GPUs, got '$gpus'"
-[[ $train_nodes =~ ^[0-9]+$ ]] || die "--train-nodes: expected a number of nodes, got '$train_nodes'"
-(( train_nodes >= 1 )) || die "--train-nodes: $train_nodes nodes; a train job needs at least 1"
+[[ -z $gpus || $gpus =~ ^[0-9]+$ ]] || die "--gpus-per-node: expected a number of GPUs, got '$gpus'"
+[[ -z $train_nodes || $train_nodes =~ ^[0-9]+$ ]] || die "--train-nodes: expected a number of nodes, got '$train_nodes'"
+[[ -z $train_nodes ]] || (( train_nodes >= 1 )) || die "--train-nodes: $train_nodes nodes; a train job needs at least 1"
 (( dry )) || command -v sbatch >/dev/null || die "sbatch not found: run this on a SLURM login node (or --dry-run)"
 
 find_python
-# validates the recipe, and the tensor-parallel size against the GPUs per node the jobs will have
-info=$(SLURM_GPUS_ON_NODE=$gpus "$PY" -m selfreward.jobs info --shell "$@") || exit $?
+# validates the recipe (with its own shape), and the tensor-parallel size against --gpus-per-node if given
+offline=()
+(( dry )) && offline=(--offline-hub-ok)  # a dry run downloads nothing: a hub id is checked for its form
+info=$(SLURM_GPUS_ON_NODE=$gpus "$PY" -m selfreward.jobs info --shell "${offline[@]}" "$@") || exit $?
 eval "$(grep -E '^[A-Z_]+=' <<<"$info")"  # only the NAME=value lines
+gpus=${gpus:-$GPUS_PER_NODE} train_nodes=${train_nodes:-$TRAIN_NODES}
 if (( train_nodes > 1 )) && [[ $LAUNCH_MODE != subprocess || -z $ACCELERATE_CONFIG ]]; then
   die "--train-nodes $train_nodes needs launch.mode: subprocess and launch.accelerate_config in the recipe"
 fi
@@ -66,7 +71,7 @@ common=(--parsable --kill-on-invalid-dep=yes --export=ALL,SELFREWARD_SLURM_DIR=$
 read -r -a extra_args <<<"$extra"
 common+=("${extra_args[@]}")
 gen=(--nodes=1)
-(( gpus > 0 )) && gen+=(--gpus-per-node="$gpus")
+(( gpus > 0 )) && gen+=(--gpus-per-node="$TP")  # vLLM uses tensor_parallel_size GPUs; the rest would idle
 train=(--nodes="$train_nodes")
 (( gpus > 0 )) && train+=(--gpus-per-node="$gpus")
 (( dry )) || mkdir -p "$RUN_DIR/logs"
