@@ -47,35 +47,51 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _run_dir(arg: str) -> Path:
+    """A run directory, or a recipe (a file, or a shipped recipe's name): its run directory."""
+    from selfreward import config, status
+
+    run_dir = Path(arg)
+    if run_dir.is_file() or not run_dir.exists() and arg in config.shipped_recipes():
+        run_dir = config.load(arg).run_dir()
+    return status.open_run(run_dir)
+
+
 def cmd_status(args) -> int:
-    from selfreward import artifacts
-    from selfreward.config import RecipeError
-    from selfreward.records import read_json
+    from selfreward import artifacts, status
 
-    from selfreward import config
-
-    run_dir = Path(args.run)
-    if run_dir.is_file() or not run_dir.exists() and args.run in config.shipped_recipes():
-        run_dir = config.load(args.run).run_dir()  # a recipe: its run directory
+    run_dir = _run_dir(args.run)
     state = artifacts.read_state(run_dir)
-    if state is None or not (run_dir / "run.yaml").exists():
-        raise RecipeError(f"{run_dir}: not a run directory (no run.yaml/state.json)")
     print(f"run {run_dir}: promoted iteration {state['promoted_iteration']} "
           f"({state['adapter'] or state['model']})")
-    for iter_dir in sorted(run_dir.glob("iter_[0-9][0-9][0-9]")):
-        stages = []
-        for name in ("data_gen", "judge", "train", "eval"):
-            m = iter_dir / name / "manifest.json"
-            if m.exists():
-                stages.append(f"{name} done ({read_json(m)['wall_time_s']:.0f}s)")
-            elif (iter_dir / name).exists():
-                stages.append(f"{name} partial")
-        outcome = iter_dir / "outcome.json"
-        verdict = ""
-        if outcome.exists():
-            o = read_json(outcome)
-            verdict = f" -> {'promoted' if o['promoted'] else 'not promoted'}: {'; '.join(o['reasons'])}"
-        print(f"  {iter_dir.name}: {', '.join(stages) or 'not started'}{verdict}")
+    print(f"oversight: {status.oversight_line(run_dir)}")
+    print(f"lock: {status.lock_line(run_dir)}")
+    rows = [[d.name, *(f"{c.state} {c.detail}" if c.state == "done" else c.state for c in cells.values()), verdict]
+            for d, cells, verdict in status.table(run_dir)]
+    header = ["iteration", *status.STAGES, "outcome"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if not rows:
+        print("(no iteration has started)")
+    for d, cells, _ in status.table(run_dir):
+        for name, c in cells.items():
+            if c.state == "failed" and c.detail:
+                print(f"{d.name} {name} failed: {c.detail}")
+    gate = status.last_gate(run_dir)
+    if gate is not None:
+        k, decision = gate
+        print(f"last gate (iteration {k}): {'passed' if decision['passed'] else 'refused'}")
+        for reason in decision["reasons"]:
+            print(f"  - {reason}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from selfreward import report
+
+    path, images = report.write(_run_dir(args.run), Path(args.out) if args.out else None)
+    print(f"report: {path.resolve()} ({images} plots)")
     return 0
 
 
@@ -194,6 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the stages and gate decisions of a run directory (or a recipe's)")
     p.add_argument("run")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("report", help="write a run's HTML report with plots by iteration (RUN/report.html)")
+    p.add_argument("run", help="a run directory, or a recipe (its run directory)")
+    p.add_argument("--out", default=None, help="where to write the page (default: RUN/report.html)")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("recipes", help="list the shipped recipes; `recipes cp NAME DEST` copies one for editing")
     p.add_argument("action", nargs="?", choices=["cp"])
     p.add_argument("names", nargs="*", metavar="NAME DEST")

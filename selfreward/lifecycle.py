@@ -7,7 +7,9 @@ iteration whose outputs it reads, whether it depends on the parent model) and su
    `config.OPERATIONAL`) and its upstream manifests' hashes;
 2. returns the existing manifest when it matches; raises `StageConflict` naming the changed keys when it
    does not; with --force sets the old stage directory aside (renamed, never deleted);
-3. runs the work in this process, or in a child process (`launch.mode: subprocess`);
+3. runs the work in this process, or in a child process (`launch.mode: subprocess`); a failure other than a
+   stop signal is recorded in `<stage>/error.json` (exit code, type, first line of the message) before it
+   propagates, and removed when the stage is attempted again;
 4. writes `manifest.json` last, atomically.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from selfreward import artifacts, config as config_mod, launch
-from selfreward.records import read_json
+from selfreward.records import read_json, write_json
 
 
 @dataclass
@@ -67,10 +69,21 @@ def execute(stage: Stage, cfg, iter_dir: Path, force: bool = False) -> dict:
     done = artifacts.existing(stage_dir, ident, force)
     if done:
         return done
-    if cfg.launch.mode == "subprocess":
-        launch.run_child(launch.stage_command(cfg, stage.name, Path(iter_dir)), stage_dir)
-        return read_json(stage_dir / "manifest.json")
-    return complete(stage, cfg, iter_dir, ident)
+    error = stage_dir / "error.json"
+    if error.exists():
+        error.unlink()  # an earlier attempt's failure: this attempt decides
+    try:
+        if cfg.launch.mode == "subprocess":
+            launch.run_child(launch.stage_command(cfg, stage.name, Path(iter_dir)), stage_dir)
+            return read_json(stage_dir / "manifest.json")
+        return complete(stage, cfg, iter_dir, ident)
+    except launch.Preempted:
+        raise  # stopped, not failed: rerunning resumes it
+    except Exception as e:  # what `selfreward status` shows as failed; the exception goes on
+        code = launch.EXIT_ITERATION_ENDED if isinstance(e, launch.IterationEnded) else 1
+        message = (str(e).splitlines() or [type(e).__name__])[0]
+        write_json(error, {"exit_code": code, "type": type(e).__name__, "message": message})
+        raise
 
 
 def complete(stage: Stage, cfg, iter_dir: Path, ident: dict | None = None) -> dict:
