@@ -90,7 +90,7 @@ class VLLMEngine:
                        enable_chunked_prefill=False, max_num_batched_tokens=max(8192, cfg.max_model_len))
         self.tokenizer = self.llm.get_tokenizer()
         self._adapters = _AdapterIds()
-        self.model_path, self.cfg, self._scorer = model_path, cfg, None
+        self.model_path, self.cfg = model_path, cfg
 
     def _lora(self, path: str | None):
         if path is None:
@@ -129,15 +129,39 @@ class VLLMEngine:
         return result
 
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
-        """Log-probability of each completion token under the requested model (teacher forcing).
+        """Log-probability of each completion token under the requested model (teacher forcing), from vLLM's
+        prompt log-probabilities of the already loaded weights: base and LoRA requests in one batch.
 
-        vLLM computes prompt_logprobs with the LoRA mapping of sampling, which breaks (or silently drops the
-        adapter) when a LoRA request asks for them (vllm-project/vllm#29955, #16668, #51594). Scoring is
-        therefore done by transformers + PEFT on the same checkpoint, loaded on first use.
+        The token ids are built as transformers scoring builds them (chat head and completion tokenised apart),
+        so the two engines score the same tokens. On the CPU build, prompt log-probabilities with LoRA requests
+        are served by `selfreward.vllm_cpu_lora` (vLLM's own CPU ops fail on them, vllm-project/vllm#29955).
         """
-        if self._scorer is None:
-            self._scorer = HFEngine(self.model_path, self.cfg)
-        return self._scorer.score(requests)
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return []
+        prompts, tails = [], []
+        for r in requests:
+            head_ids, tail_ids = _score_ids(self.tokenizer, r)
+            prompts.append(TokensPrompt(prompt_token_ids=head_ids + tail_ids))
+            tails.append(tail_ids)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False,
+                                    lora_request=[self._lora(r.adapter) for r in requests])
+        result = []
+        for o, tail in zip(outputs, tails):
+            ids, plp = o.prompt_token_ids, o.prompt_logprobs
+            start = len(ids) - len(tail)
+            result.append([plp[i][ids[i]].logprob for i in range(start, len(ids))])
+        return result
+
+
+def _score_ids(tokenizer, r: ScoreRequest) -> tuple[list[int], list[int]]:
+    """The chat head up to the assistant turn and the completion, tokenised apart (both engines score these)."""
+    head = tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+    return (tokenizer(head, add_special_tokens=False)["input_ids"],
+            tokenizer(r.completion, add_special_tokens=False)["input_ids"])
 
 
 class HFEngine:
@@ -216,9 +240,7 @@ class HFEngine:
 
         result = []
         for r in requests:
-            head = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
-            head_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
-            tail_ids = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"]
+            head_ids, tail_ids = _score_ids(self.tokenizer, r)
             ids = torch.tensor([head_ids + tail_ids])
             with torch.no_grad():
                 logits = self._call(r.adapter, lambda m: m(input_ids=ids).logits)

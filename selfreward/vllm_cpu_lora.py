@@ -5,6 +5,12 @@ vLLM's torch reference ops (used by its CPU punica wrapper) gather one LoRA weig
 that materialises gigabytes and makes a LoRA request several times slower than the base model. The
 replacements below compute exactly the same products, one matmul per distinct adapter index in the batch
 (indexing, including -1, follows the original). bench/lora_cpu.py measures both.
+
+Prompt log-probabilities: vLLM computes them by passing one request's prompt hidden states (one row per prompt
+token) through the LoRA logits processor, whose mapping (`sampler_indices`) has one entry per request of the
+batch. The stock ops then fail on the shape mismatch and a row-per-index kernel would read rows no index covers.
+No row-to-adapter mapping exists on that path, so it is served only when it cannot matter: when no loaded
+adapter has LoRA weights on the LM head (the delta is then zero for every row); otherwise it raises.
 """
 from __future__ import annotations
 
@@ -18,6 +24,11 @@ def _lora_products(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.T
     inputs = inputs.to(dtype)
     if indices.numel() == 1 and inputs.shape[0] != 1:  # one index shared by every row
         indices = indices.expand(inputs.shape[0])
+    if indices.numel() != inputs.shape[0]:  # prompt logprobs through the LM head (see the module docstring)
+        if torch.count_nonzero(weights):
+            raise RuntimeError("prompt log-probabilities through a LoRA adapter on the LM head are not supported "
+                               "on vLLM's CPU build (no row-to-adapter mapping); train adapters without lm_head")
+        return inputs.new_zeros((inputs.shape[0], weights.shape[1]))
     out = inputs.new_empty((inputs.shape[0], weights.shape[1]))
     for idx in torch.unique(indices).tolist():
         rows = (indices == idx).nonzero(as_tuple=True)[0]

@@ -54,14 +54,21 @@ def test_prefill_continues_the_assistant_turn(vllm_engine):
 
 
 def test_score_matches_between_engines_and_sees_adapter(vllm_engine, tiny_model_dir, adapter_dir):
+    """vLLM's prompt log-probabilities (base and LoRA rows in one batch, in both orders) against transformers +
+    PEFT on the same checkpoint, float32."""
     hf = HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="float32"))
-    reqs = [ScoreRequest(MSG, "Blue, like the sky."), ScoreRequest(MSG, "Blue, like the sky.", adapter_dir)]
-    base, lora = vllm_engine.score(reqs)
+    reqs = [ScoreRequest(MSG, "Blue, like the sky."), ScoreRequest(MSG, "Blue, like the sky.", adapter_dir),
+            ScoreRequest(MSG, "Green, or maybe red as a rose."), ScoreRequest(MSG, "Green.", adapter_dir)]
+    got = vllm_engine.score(reqs)
+    again = vllm_engine.score(reqs[::-1])[::-1]
+    want = hf.score(reqs)
     n = len(hf.tokenizer("Blue, like the sky.", add_special_tokens=False)["input_ids"])
-    assert len(base) == len(lora) == n
-    assert all(x <= 0 for x in base)
-    assert sum(lora) != pytest.approx(sum(base))
-    assert hf.score(reqs[:1])[0] == pytest.approx(base, abs=1e-4)
+    assert len(got[0]) == len(got[1]) == n
+    assert all(x <= 0 for row in got for x in row)
+    assert sum(got[1]) != pytest.approx(sum(got[0]), abs=1e-2)  # the adapter is applied
+    for g, a, w in zip(got, again, want):
+        assert g == pytest.approx(w, abs=1e-4)
+        assert a == pytest.approx(w, abs=1e-4)
 
 
 def test_hf_engine_greedy_agrees_with_vllm(vllm_engine, tiny_model_dir, adapter_dir):
