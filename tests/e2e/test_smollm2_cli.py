@@ -1,7 +1,10 @@
 """The embedded SmolLM2 through the CLI: two iterations (M1 generates, judges and is compared through its
 adapter), a rerun that skips everything, a kill -9 and resume."""
+import base64
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +127,28 @@ def test_full_iteration_artifacts(run_a):
 
     status = subprocess.run([sys.executable, "-m", "selfreward.cli", "status", str(run_dir)], capture_output=True,
                             text=True, cwd=run_dir.parent)
-    assert status.returncode == 0 and "iter_002: data_gen done" in status.stdout
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"^iter_002 +done \d+s +done \d+s +done \d+s +done \d+s +promoted$", status.stdout, re.M), \
+        status.stdout
+
+
+def test_report_of_the_run(run_a, tmp_path):
+    """`selfreward report` on the real SmolLM2 run: every section has its plot, and every image decodes."""
+    import matplotlib.image
+
+    run_dir, _ = run_a
+    page_path = tmp_path / "report.html"
+    out = subprocess.run([sys.executable, "-m", "selfreward.cli", "report", str(run_dir), "--out", str(page_path)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0 and str(page_path) in out.stdout, out.stderr
+    page = page_path.read_text()
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 7, [alt for alt, _ in images]  # scores, lengths, diversity, win rate, known answers,
+    for alt, data in images:  # pairs, DPO curves
+        pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 300 and pixels.std() > 0.01, alt
+    assert "did not finish" not in page and "No per-step log" not in page
+    assert "Iteration 2: gate passed &rarr; promoted" in page
 
 
 def _snapshot(run_dir):
