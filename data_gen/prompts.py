@@ -1,4 +1,10 @@
-"""Self-instruct: M(k-1) writes new instructions from few-shot seed examples, then they are filtered."""
+"""New prompts: M(k-1) writes them from few-shot seed examples (self-instruct), or they are drawn from a dataset.
+
+Contract: both sources filter against everything seen so far (seeds, earlier iterations' prompts, prompts
+accepted in this iteration) with the self-instruct ROUGE-L near-duplicate filter; self-instruct prompts also pass
+the length, symbol and banned-word filters, which suit synthesised text but not a user's own data. A dataset's
+rows are walked in an order drawn with the run seed, and a row an earlier iteration used is never drawn again.
+"""
 from __future__ import annotations
 
 import random
@@ -112,4 +118,37 @@ def synthesize(engine, cfg, k: int, seeds: list[dict], seen_texts: list[str], ad
                 break
     stats = {"candidates": candidates, "accepted": len(accepted), "rejected": reasons,
              "acceptance_rate": round(len(accepted) / max(candidates, 1), 4)}
+    return accepted, stats
+
+
+def from_dataset(cfg, k: int, rows: list[dict], seen_texts: list[str], used_rows: set[int]) -> tuple[list[dict], dict]:
+    """Up to num_prompts prompts from dataset rows ({row, prompt[, id]}) not used before, deduplicated."""
+    dg = cfg.data_gen
+    order = list(rows)
+    random.Random(cfg.run.seed).shuffle(order)  # the same order every iteration: iteration k continues k-1's walk
+    seen = [tokens(t) for t in seen_texts]
+    accepted: list[dict] = []
+    reasons: dict[str, int] = {}
+    candidates = 0
+    for row in order:
+        if len(accepted) >= dg.num_prompts:
+            break
+        if row["row"] in used_rows:
+            continue
+        candidates += 1
+        text = row["prompt"].strip() if isinstance(row["prompt"], str) else ""
+        words = tokens(text)
+        reason = "empty" if not words else "near_duplicate" if any(
+            rouge_l(words, s) >= dg.max_similarity for s in seen) else None
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + 1
+            continue
+        seen.append(words)
+        prompt = {"id": f"it{k:03d}-p{len(accepted):04d}", "instruction": text, "source": "dataset",
+                  "dataset": dg.dataset.path, "dataset_row": row["row"]}
+        if "id" in row:
+            prompt["dataset_id"] = row["id"]
+        accepted.append(prompt)
+    stats = {"candidates": candidates, "accepted": len(accepted), "rejected": reasons,
+             "acceptance_rate": round(len(accepted) / max(candidates, 1), 4), "pool_rows": len(rows)}
     return accepted, stats

@@ -1,17 +1,20 @@
-"""data_gen: new prompts from M(k-1) (self-instruct), then N sampled responses per prompt.
+"""data_gen: new prompts from M(k-1) (self-instruct) or from a dataset, then N sampled responses per prompt.
 
-Contract: reads the seeds and earlier iterations' prompts; writes `prompts.jsonl` ({id, instruction, source,
-round, fewshot_ids}) and `responses.jsonl` ({id, prompt_id, sample, response, n_tokens, finish_reason, seed},
-plus `anchor: true` on M0's anchor responses when `data_gen.anchor_responses` asks for them).
-Every request is seeded by its row, so a resumed stage produces the same rows.
+Contract: reads the seeds, earlier iterations' prompts and (`data_gen.source: dataset`) the dataset; writes
+`prompts.jsonl` ({id, instruction, source, and round, fewshot_ids for self-instruct or dataset, dataset_row
+[, dataset_id] for a dataset}) and `responses.jsonl` ({id, prompt_id, sample, response, n_tokens,
+finish_reason, seed}, plus `anchor: true` on M0's anchor responses when `data_gen.anchor_responses` asks for
+them). With `data_gen.pool: accumulate` the prompts file starts with every earlier iteration's prompts
+(`carried: true`), which are answered again; new prompts never repeat them. Every request is seeded by its
+row, so a resumed stage produces the same rows. The stage's identity holds a local dataset file's sha256.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from selfreward import artifacts, engine as engines
+from selfreward import artifacts, datasource, engine as engines
 from selfreward.config import Config
-from selfreward.data_gen.prompts import synthesize
+from selfreward.data_gen.prompts import from_dataset, synthesize
 from selfreward.engine import Request, Sampling, seed_for
 from selfreward.launch import IterationEnded
 from selfreward.lifecycle import Outputs, Stage
@@ -20,7 +23,10 @@ from selfreward.records import read_jsonl, run_sharded, write_jsonl
 
 
 def _earlier_inputs(cfg: Config, iter_dir: Path) -> dict:
-    return {"earlier_prompts": [file_digest(p) for p in _earlier_prompt_files(iter_dir)]}
+    ident = {"earlier_prompts": [file_digest(p) for p in _earlier_prompt_files(iter_dir)]}
+    if cfg.data_gen.source == "dataset":
+        ident["dataset"] = datasource.identity(cfg.data_gen.dataset)
+    return ident
 
 
 def _earlier_prompt_files(iter_dir: Path) -> list[Path]:
@@ -29,9 +35,31 @@ def _earlier_prompt_files(iter_dir: Path) -> list[Path]:
     return [p for p in paths if p.exists()]
 
 
-def _earlier_prompts(iter_dir: Path) -> list[str]:
-    """Instructions of earlier iterations: new prompts must not repeat them."""
-    return [r["instruction"] for p in _earlier_prompt_files(iter_dir) for r in read_jsonl(p)]
+def _earlier_prompts(iter_dir: Path) -> list[dict]:
+    """Prompts of earlier iterations (each once, in order): new prompts must not repeat them."""
+    rows: dict[str, dict] = {}
+    for path in _earlier_prompt_files(iter_dir):
+        for r in read_jsonl(path):
+            rows.setdefault(r["id"], r)
+    return list(rows.values())
+
+
+def _new_prompts(cfg: Config, k: int, engine, adapter: str | None, earlier: list[dict],
+                 out_dir: Path) -> tuple[list[dict], dict]:
+    seeds = read_jsonl(cfg.data_gen.seeds)
+    seen = [s["instruction"] for s in seeds] + [r["instruction"] for r in earlier]
+    if cfg.data_gen.source == "dataset":
+        used = {r["dataset_row"] for r in earlier if r.get("source") == "dataset"}
+        rows = datasource.load(cfg.data_gen.dataset, cfg.run.seed)
+        prompts, stats = from_dataset(cfg, k, rows, seen, used)
+        what = f"no unused prompt of {cfg.data_gen.dataset.path} passed the duplicate filter"
+    else:
+        prompts, stats = synthesize(engine, cfg, k, seeds, seen, adapter, out_dir / "shards", run_sharded)
+        what = "no synthesised instruction passed the filters"
+    if not prompts:
+        raise IterationEnded(f"iteration {k}: {what} ({stats['candidates']} candidates, "
+                             f"rejected: {stats['rejected']})")
+    return prompts, stats
 
 
 def run(cfg: Config, iter_dir: Path) -> Outputs:
@@ -39,23 +67,23 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     k = artifacts.iteration_of(iter_dir)
     adapter = artifacts.parent_adapter(iter_dir)
     engine = engines.for_config(cfg)
-    seeds = read_jsonl(cfg.data_gen.seeds)
-    seen = [s["instruction"] for s in seeds] + _earlier_prompts(iter_dir)
-    prompts, pstats = synthesize(engine, cfg, k, seeds, seen, adapter, out_dir / "shards", run_sharded)
-    if not prompts:
-        raise IterationEnded(f"iteration {k}: no synthesised instruction passed the filters "
-                           f"({pstats['candidates']} candidates, rejected: {pstats['rejected']})")
+    earlier = _earlier_prompts(iter_dir)
+    prompts, pstats = _new_prompts(cfg, k, engine, adapter, earlier, out_dir)
+    if cfg.data_gen.pool == "accumulate":
+        prompts = [{**r, "carried": True} for r in earlier] + prompts
+    pstats["pool"] = len(prompts)
     write_jsonl(out_dir / "prompts.jsonl", prompts)
 
     dg = cfg.data_gen
     sampling = Sampling(temperature=dg.temperature, top_p=dg.top_p, max_tokens=dg.max_tokens)
     # N samples of M(k-1), then (for anchored rejection) M0's anchor samples, numbered after them
     slots = [(p, s) for p in prompts for s in range(dg.n_responses + dg.anchor_responses)]
+    m0 = artifacts.m0_adapter(iter_dir.parent)  # M0 (the SFT bootstrap's adapter, if any) writes the anchors
 
     def work(chunk):
         reqs = [Request([{"role": "user", "content": p["instruction"]}],
                         seed_for(cfg.run.seed, k, "response", p["id"], s),
-                        adapter if s < dg.n_responses else None) for p, s in chunk]
+                        adapter if s < dg.n_responses else m0) for p, s in chunk]
         outs = engine.generate(reqs, sampling)
         rows = []
         for (p, s), r, o in zip(chunk, reqs, outs):

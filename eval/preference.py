@@ -1,8 +1,8 @@
 """The frozen judge's both-order preference between the candidate and the previous model.
 
-Contract: `win_rate` asks the frozen judge M0 (base model, greedy) to compare the candidate's and the previous
-model's answers to the same probe in both orders; per probe, the candidate's preference probability is
-P(A | candidate shown as A) and 1 - P(A | candidate shown as B), averaged, so a constant position bias cancels.
+Contract: `win_rate` asks the frozen judge M0 (the base model, or base + the SFT bootstrap's adapter; greedy)
+to compare the candidate's and the previous model's answers to the same probe in both orders; per probe, the
+candidate's preference probability is P(A | candidate shown as A) and 1 - P(A | candidate shown as B), averaged, so a constant position bias cancels.
 It returns the mean with a paired bootstrap 95% interval over probes, and the greedy verdicts beside it.
 """
 from __future__ import annotations
@@ -35,8 +35,10 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def win_rate(engine, cfg, cand: list[dict], prev: list[dict], shard_dir: Path, label: str) -> dict:
-    """cand and prev: rows {id, prompt, response} in the same probe order."""
+def win_rate(engine, cfg, cand: list[dict], prev: list[dict], shard_dir: Path, label: str,
+             judge_adapter: str | None = None) -> dict:
+    """cand and prev: rows {id, prompt, response} in the same probe order; the judge is M0 (base model, or
+    `judge_adapter`: the SFT bootstrap's adapter)."""
     template = read_template(cfg.eval.pairwise_template)
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.judge_max_tokens, top_logprobs=TOP_LOGPROBS)
     slots = [(c, p, order) for c, p in zip(cand, prev) for order in ("AB", "BA")]
@@ -45,7 +47,8 @@ def win_rate(engine, cfg, cand: list[dict], prev: list[dict], shard_dir: Path, l
         reqs = []
         for c, p, order in chunk:
             a, b = (c, p) if order == "AB" else (p, c)
-            reqs.append(pairwise_request(template, c["prompt"], a["response"], b["response"], cfg.eval.judge_prefill))
+            reqs.append(pairwise_request(template, c["prompt"], a["response"], b["response"], cfg.eval.judge_prefill,
+                                         judge_adapter))
         outs = engine.generate(reqs, sampling)
         raws = [cfg.eval.judge_prefill + o.text for o in outs]
         return [{"id": c["id"], "order": order, "raw": raw, "winner": parse_winner(raw),

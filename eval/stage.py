@@ -33,7 +33,8 @@ _OUTPUTS = ("probes", "capability")
 def baseline(cfg: Config, iter_dir: Path) -> Outputs:
     """iter_000/eval: M0's probe outputs and metrics, the reference point for iteration 1."""
     out_dir = iter_dir / "eval"
-    metrics = probes.model_side(engines.for_config(cfg), cfg, None, out_dir, "M0")
+    m0 = artifacts.m0_adapter(iter_dir.parent)  # the SFT bootstrap's adapter, when the run has one
+    metrics = probes.model_side(engines.for_config(cfg), cfg, m0, out_dir, "M0")
     metrics["capability_floor"] = capability.floor(capability.read_ifeval(cfg.eval.capability_probes))
     write_json(out_dir / "metrics.json", metrics)
     return Outputs({**{n: out_dir / f"{n}.jsonl" for n in _OUTPUTS}, "metrics": out_dir / "metrics.json"},
@@ -103,7 +104,8 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     before = {n: read_jsonl(parent_dir / f"{n}.jsonl") for n in _OUTPUTS}
     pref = preference.win_rate(engine, cfg, _tag(cand["probes"], "drift") + _tag(cand["capability"], "cap"),
                                _tag(before["probes"], "drift") + _tag(before["capability"], "cap"),
-                               out_dir / "shards", f"iter {k}")
+                               out_dir / "shards", f"iter {k}",
+                               judge_adapter=artifacts.m0_adapter(iter_dir.parent))
     gain, gain_ci = _paired_gain(side["capability_per_prompt"], prev["capability_per_prompt"], cfg.run.seed)
     gain_m0, gain_m0_ci = _paired_gain(side["capability_per_prompt"], m0["capability_per_prompt"], cfg.run.seed)
     seeds = [s["instruction"] for s in read_jsonl(cfg.data_gen.seeds)]
@@ -151,4 +153,4 @@ def baseline_summary(m: dict) -> str:
 
 STAGE = Stage("eval", reads=("eval", *PROBE_KEYS, "data_gen.seeds"), run=run, summary=summary,
               upstream=("data_gen", "judge", "train"), lineage=True)
-BASELINE = Stage("eval", reads=PROBE_KEYS, run=baseline, summary=baseline_summary)
+BASELINE = Stage("eval", reads=PROBE_KEYS, run=baseline, summary=baseline_summary, extra=artifacts.m0_config)

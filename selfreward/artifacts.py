@@ -161,7 +161,31 @@ def lineage_config(iter_dir: Path) -> dict:
     if lin["parent_iteration"]:
         parent = iteration_dir(Path(iter_dir).parent, lin["parent_iteration"]) / "train" / "manifest.json"
         lin["parent_train_hash"] = read_json(parent)["config_hash"]
+    elif lin["parent_adapter"]:  # M0 is the SFT bootstrap's adapter
+        lin["parent_sft_hash"] = read_json(Path(iter_dir).parent / SFT_DIR / "manifest.json")["config_hash"]
     return lin
+
+
+SFT_DIR = "iter_000/sft"  # the SFT bootstrap (sft.enabled): its adapter is M0 for the rest of the run
+
+
+def m0_adapter_path(run_dir: Path) -> str | None:
+    """M0's adapter relative to the run directory (as state.json records it), or None for the base model."""
+    state = read_state(run_dir) or {}
+    return (state.get("m0") or {}).get("adapter")
+
+
+def m0_adapter(run_dir: Path) -> str | None:
+    """Absolute path of M0's adapter (the SFT bootstrap's), or None when M0 is the base model itself."""
+    rel = m0_adapter_path(run_dir)
+    return str((Path(run_dir) / rel).resolve()) if rel else None
+
+
+def m0_config(cfg, iter_dir: Path) -> dict:
+    """What M0 is, as stage identities hash it: nothing extra for the base model, the SFT stage's hash else."""
+    if not m0_adapter_path(Path(iter_dir).parent):
+        return {}
+    return {"m0_sft_hash": read_json(Path(iter_dir).parent / SFT_DIR / "manifest.json")["config_hash"]}
 
 
 def parent_adapter(iter_dir: Path) -> str | None:

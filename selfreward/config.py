@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from selfreward.datasource import InstructionDataset, JudgeDataset, PromptDataset
+
 # the recipes, constitutions, templates, seeds, probes and accelerate configs installed with the package
 RECIPES_DIR = Path(str(files("selfreward.recipes")))
 
@@ -57,9 +59,18 @@ class ModelCfg(Section):
 
 
 class DataGenCfg(Section):
+    source: Literal["self_instruct", "dataset"] = Field(
+        "self_instruct", description="Where new prompts come from: M(k-1) writes them from the seeds "
+                                     "(self-instruct), or they are drawn from data_gen.dataset.")
+    dataset: PromptDataset | None = Field(None, description="source: dataset: a local JSONL/Parquet file or a hub "
+                                                            "id, its prompt column and an optional sample_size.")
+    pool: Literal["replace", "accumulate"] = Field(
+        "replace", description="replace: an iteration responds to its new prompts only; accumulate: earlier "
+                               "iterations' prompts stay in the pool and are answered again.")
     seeds: str = Field(str(RECIPES_DIR / "seeds/instructions.jsonl"),
-                       description="JSONL of seed instructions ({'id', 'instruction'}) for few-shot self-instruct.")
-    num_prompts: int = Field(32, ge=1, description="New prompts to synthesise per iteration.")
+                       description="JSONL of seed instructions ({'id', 'instruction'}) for few-shot self-instruct; "
+                                   "new prompts of either source are deduplicated against them.")
+    num_prompts: int = Field(32, ge=1, description="New prompts to synthesise (or draw) per iteration.")
     fewshot: int = Field(4, ge=1, le=16, description="Seed examples shown in each self-instruct request.")
     prompts_per_round: int = Field(64, ge=1, description="Candidate instructions requested per synthesis round.")
     max_rounds: int = Field(8, ge=1, description="Synthesis rounds before giving up on reaching num_prompts.")
@@ -87,6 +98,8 @@ class DataGenCfg(Section):
     def _words(self) -> "DataGenCfg":
         if self.min_words > self.max_words:
             raise ValueError("min_words must not exceed max_words")
+        if self.source == "dataset" and self.dataset is None:
+            raise ValueError("source: dataset needs a dataset section (path, prompt_column, ...)")
         return self
 
 
@@ -141,6 +154,29 @@ class TrainCfg(Section):
     save_steps: int = Field(20, ge=1, description="Checkpoint every this many optimizer steps (for resume).")
     dpo_overrides: dict[str, Any] = Field(default_factory=dict,
                                           description="Extra trl.DPOConfig arguments, validated by TRL.")
+
+
+class SftCfg(Section):
+    enabled: bool = Field(False, description="Before iteration 1, fine-tune M0 with TRL's SFTTrainer (LoRA of "
+                                             "train.lora_*) on ift and eft data; the result is the loop's M0.")
+    ift: InstructionDataset | None = Field(None, description="Instruction-following data: prompt and completion "
+                                                             "columns, or a messages column.")
+    eft: JudgeDataset | None = Field(None, description="Evaluation fine-tuning data: instruction, response and a "
+                                                       "judgment ending in `Score: N`, rendered with the "
+                                                       "constitution's judge prompt.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate for the SFT LoRA weights.")
+    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the SFT data.")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Per-device SFT batch size (examples).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(512, ge=32, description="Max tokens of prompt + completion (longer ones are cut).")
+    sft_overrides: dict[str, Any] = Field(default_factory=dict,
+                                          description="Extra trl.SFTConfig arguments, validated by TRL.")
+
+    @model_validator(mode="after")
+    def _data(self) -> "SftCfg":
+        if self.enabled and self.ift is None and self.eft is None:
+            raise ValueError("enabled needs ift or eft data (or both)")
+        return self
 
 
 GUARDS = ("capability", "length", "distinct2", "semantic_similarity", "repetition", "cross_overlap", "kl",
@@ -236,6 +272,7 @@ class Config(Section):
     data_gen: DataGenCfg = Field(default_factory=DataGenCfg)
     judge: JudgeCfg = Field(default_factory=JudgeCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
+    sft: SftCfg = Field(default_factory=SftCfg)
     eval: EvalCfg = Field(default_factory=EvalCfg)
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
     launch: LaunchCfg = Field(default_factory=LaunchCfg)
@@ -274,11 +311,15 @@ RENAMED = {"train.batch_size": "train.per_device_train_batch_size",
 # token budgets that must leave room for a prompt inside model.max_model_len
 TOKEN_BUDGETS = [("data_gen", "max_tokens"), ("data_gen", "prompt_max_tokens"), ("judge", "max_tokens"),
                  ("eval", "max_tokens"), ("eval", "capability_max_tokens"), ("eval", "judge_max_tokens"),
-                 ("train", "max_length")]
+                 ("train", "max_length"), ("sft", "max_length")]
 
 # (section, key) -> how the file must look; checked before any model loads
 PATH_FIELDS = [("data_gen", "seeds"), ("judge", "constitution"), ("eval", "probes"), ("eval", "capability_probes"),
                ("eval", "pairwise_template")]
+
+
+# (section, key) of dataset sources (datasource.DatasetSource): a local path is relative to the recipe
+DATASET_FIELDS = [("data_gen", "dataset"), ("sft", "ift"), ("sft", "eft")]
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -304,6 +345,13 @@ def _resolve_paths(data: dict, base: Path) -> None:
         local = base / Path(model["ref"]).expanduser()
         if model["ref"].startswith((".", "/", "~")) or local.exists():  # a directory next to the recipe
             model["ref"] = str(local.resolve())
+    for section, key in DATASET_FIELDS:  # a local dataset file; a hub id (org/name) stays as given
+        src = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        path = src.get("path") if isinstance(src, dict) else None
+        if isinstance(path, str) and not Path(path).expanduser().is_absolute() and (
+                path.startswith((".", "~")) or (base / path).exists() or Path(path).suffix in (".jsonl", ".json",
+                                                                                             ".parquet")):
+            src["path"] = str((base / Path(path).expanduser()).resolve())
     launch = data.get("launch")
     if isinstance(launch, dict) and isinstance(launch.get("accelerate_config"), str):
         name = launch["accelerate_config"]
@@ -482,6 +530,15 @@ def identity(data: dict) -> dict:
         path = data.get(section, {}).get(key)
         if isinstance(path, str) and Path(path).is_file():
             data[section][key] = file_digest(path)
+    # keys added later leave the identity of a recipe that does not use them as it was
+    dg = data.get("data_gen", {})
+    if isinstance(dg, dict) and dg.get("source", "self_instruct") == "self_instruct":
+        dg.pop("source", None)
+        dg.pop("dataset", None)
+    if isinstance(dg, dict) and dg.get("pool") == "replace":
+        dg.pop("pool")
+    if not (data.get("sft") or {}).get("enabled"):
+        data.pop("sft", None)
     for op in OPERATIONAL:
         *parents, key = op.rstrip(".").split(".")
         node = data

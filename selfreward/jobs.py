@@ -89,6 +89,7 @@ def run_stage(cfg, name: str, k: int, force: bool) -> str:
     tracker = Tracker(cfg, run_dir)
     try:
         if name == "baseline":
+            loop.bootstrap(cfg, run_dir, force, tracker)  # the SFT bootstrap (sft.enabled) comes first
             base = _baseline_stage()
             return base.summary(lifecycle.execute(base, cfg, artifacts.iteration_dir(run_dir, 0), force))
         iter_dir = artifacts.iteration_dir(run_dir, k)

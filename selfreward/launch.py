@@ -313,13 +313,17 @@ def world_size(cfg) -> int:
     return nodes * processes_per_node(cfg, nodes) if nodes > 1 else _config_processes(cfg)
 
 
+_MODULES = {"sft": "selfreward.train.sft"}  # stages whose process is not `python -m selfreward.<name>`
+
+
 def stage_command(cfg, name: str, iter_dir: Path) -> list[str]:
     """The child process of a stage: `python -m selfreward.<name>`, or for training with an accelerate config,
     `accelerate launch --config_file <config> -m selfreward.train` (through srun on several nodes)."""
     from selfreward.artifacts import iteration_of
 
-    stage_args = ["-m", f"selfreward.{name}", str(iter_dir.parent), str(iteration_of(iter_dir))]
-    if name != "train" or not cfg.launch.accelerate_config:
+    module = _MODULES.get(name, f"selfreward.{name}")
+    stage_args = ["-m", module, str(iter_dir.parent), str(iteration_of(iter_dir))]
+    if name not in ("train", "sft") or not cfg.launch.accelerate_config:
         return [sys.executable, *stage_args]
     if slurm_nodes() > 1:
         return srun_accelerate(cfg, slurm_nodes(), stage_args)

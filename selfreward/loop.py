@@ -47,6 +47,47 @@ def check_recipe(cfg: Config, origin: str) -> None:
             build_dpo_config(cfg, tmp)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"{origin}: train.dpo_overrides: {str(e).splitlines()[0]}") from None
+    _check_datasets(cfg, origin)
+
+
+def _check_datasets(cfg: Config, origin: str) -> None:
+    """Datasets the recipe names load, have their mapped columns and rows (a hub id is refused while offline);
+    the SFT data's judgments parse and TRL validates the SFTConfig."""
+    from selfreward import datasource
+    from selfreward.train import sft
+
+    key = "data_gen.dataset"
+    try:
+        if cfg.data_gen.source == "dataset":
+            datasource.check(cfg.data_gen.dataset)
+        if cfg.sft.enabled:
+            key = "sft"
+            sft.check(cfg)
+    except (datasource.DatasetError, TypeError, ValueError) as e:
+        raise RecipeError(f"{origin}: {key}: {str(e).splitlines()[0]}") from None
+
+
+def bootstrap(cfg: Config, run_dir: Path, force: bool, tracker: Tracker) -> None:
+    """The SFT bootstrap (sft.enabled) before iteration 1; its adapter becomes M0, recorded in state.json."""
+    from selfreward.train import sft
+
+    state = artifacts.read_state(run_dir)
+    rel = None
+    if not cfg.sft.enabled and not (state.get("m0") or {}).get("adapter"):
+        return  # M0 is the base model, as it always was
+    if cfg.sft.enabled:
+        manifest = lifecycle.execute(sft.STAGE, cfg, artifacts.iteration_dir(run_dir, 0), force)
+        tracker.log(0, "sft", manifest)
+        print(f"[iter 0] {sft.STAGE.summary(manifest)} [{manifest['wall_time_s']:.0f}s]", flush=True)
+        rel = f"{artifacts.SFT_DIR}/adapter"
+        m0 = {"model": cfg.model.ref, "adapter": rel, "sft_config_hash": manifest["config_hash"]}
+    else:
+        m0 = {"model": cfg.model.ref, "adapter": None}
+    if state.get("m0") != m0:
+        state["m0"] = m0
+        if state["promoted_iteration"] == 0:
+            state["adapter"] = rel
+        artifacts.write_state(run_dir, state)
 
 
 def prepare_run_dir(cfg: Config, force: bool) -> Path:
@@ -132,6 +173,7 @@ def run(cfg: Config, force: bool = False) -> Path:
         return run_dir
     tracker = Tracker(cfg, run_dir)
     try:
+        bootstrap(cfg, run_dir, force, tracker)
         base = lifecycle.execute(evaluation.BASELINE, cfg, artifacts.iteration_dir(run_dir, 0), force)
         tracker.log(0, "eval", base)
         print(f"[iter 0] {evaluation.BASELINE.summary(base)}", flush=True)
@@ -166,7 +208,7 @@ def evaluate_ifeval(run_dir: Path, k: int, path: Path, max_tokens: int | None = 
     run_dir = Path(run_dir)
     if not (run_dir / "run.yaml").exists():
         raise RecipeError(f"{run_dir}: not a run directory (no run.yaml)")
-    adapter = None
+    adapter = artifacts.m0_adapter(run_dir)
     if k > 0:
         adapter_dir = artifacts.iteration_dir(run_dir, k) / "train" / "adapter"
         if not (adapter_dir / "adapter_config.json").exists():

@@ -47,7 +47,8 @@ def invalidate_after(run_dir: Path, k: int) -> list[Path]:
     state["history"] = [h for h in state["history"] if h["iteration"] < k]
     if state["promoted_iteration"] >= k:
         back = max((h["iteration"] for h in state["history"] if h.get("promoted")), default=0)
-        state.update(promoted_iteration=back, adapter=artifacts.adapter_path(back) if back else None)
+        state.update(promoted_iteration=back,
+                     adapter=artifacts.adapter_path(back) if back else artifacts.m0_adapter_path(run_dir))
     artifacts.write_state(run_dir, state)
     names = ", ".join(p.name for p in moved) or "none"
     print(f"[iter {k}] redone with --force: later iterations set aside ({names}); promoted pointer at iteration "
