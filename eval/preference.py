@@ -2,8 +2,9 @@
 
 Contract: `win_rate` asks the frozen judge M0 (the base model, or base + the SFT bootstrap's adapter; greedy)
 to compare the candidate's and the previous model's answers to the same probe in both orders; per probe, the
-candidate's preference probability is P(A | candidate shown as A) and 1 - P(A | candidate shown as B), averaged, so a constant position bias cancels.
-It returns the mean with a paired bootstrap 95% interval over probes, and the greedy verdicts beside it.
+candidate's preference probability is P(A | candidate shown as A) and 1 - P(A | candidate shown as B),
+averaged, so a constant position bias cancels. It returns the mean with a paired bootstrap 95% interval over
+probes, and the greedy verdicts beside it.
 """
 from __future__ import annotations
 
