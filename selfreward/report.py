@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from selfreward import artifacts, status
+from selfreward import report_plots as plots
 from selfreward.config import RecipeError
 from selfreward.records import read_json, read_jsonl, write_atomic
 
@@ -90,10 +91,14 @@ def img(png: bytes | None, alt: str) -> str:
 
 
 def table(header: list[str], rows: list[list], classes: list[str] | None = None) -> str:
+    if not rows:
+        return ""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(f"<tr{f' class={chr(34)}{esc(c)}{chr(34)}' if c else ''}>" + "".join(
-        f"<td>{esc(fmt(v))}</td>" for v in row) + "</tr>" for row, c in zip(rows, classes or [""] * len(rows)))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if rows else ""
+    body = []
+    for row, cls in zip(rows, classes or [""] * len(rows)):
+        cells = "".join(f"<td>{esc(fmt(v))}</td>" for v in row)
+        body.append(f'<tr class="{esc(cls)}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def note(text: str) -> str:
@@ -106,13 +111,13 @@ def section(anchor: str, title: str, *parts: str) -> str:
 
 def overview(run: Run) -> str:
     cfg = run.recipe
-    rows, classes = [], []
+    rows, classes, failed = [], [], []
     for d, cells, verdict in status.table(run.dir):
         rows.append([d.name, *(f"{c.state} {c.detail}" if c.state == "done" else c.state
                                for c in cells.values()), verdict])
         classes.append("promoted" if verdict == "promoted" else "refused" if verdict == "not promoted" else "")
-    failed = [f"{d.name} {name} failed: {c.detail}" for d, cells, _ in status.table(run.dir)
-              for name, c in cells.items() if c.state == "failed" and c.detail]
+        failed += [f"{d.name} {name} failed: {c.detail}" for name, c in cells.items()
+                   if c.state == "failed" and c.detail]
     facts = [["model (M0)", (cfg.get("model") or {}).get("ref")],
              ["promoted iteration", f"{run.state['promoted_iteration']} ({run.state['adapter'] or 'the base model'})"],
              ["iterations planned", (cfg.get("run") or {}).get("iterations")],
@@ -135,8 +140,6 @@ def judge_scores(run: Run) -> str:
         rows.append([k, s.get("judgments"), s.get("valid_rate"), s.get("score_mean"), s.get("top_score_share"),
                      s.get("tie_rate"), s.get("length_bias_spearman"), (s.get("consistency") or {}).get("kendall_tau"),
                      ", ".join(f"{r}: {n}" for r, n in (s.get("invalid_reasons") or {}).items()) or "none"])
-    from selfreward import report_plots as plots
-
     return section("scores", "Judge scores", note(run.missing("judge")),
                    img(plots.score_histograms(scores), "judge score histograms by iteration"),
                    table(["iteration", "judgments", "valid rate", "mean score", "top-score share", "tie rate",
@@ -148,8 +151,6 @@ def _cut_share(rows: list[dict]) -> float | None:
 
 
 def lengths(run: Run) -> str:
-    from selfreward import report_plots as plots
-
     responses = {k: [r["n_tokens"] for r in run.jsonl(k, "data_gen", "responses.jsonl") if "n_tokens" in r]
                  for k in run.ks("data_gen")}
     probes = {k: [r["n_tokens"] for r in run.jsonl(k, "eval", "probes.jsonl") if "n_tokens" in r]
@@ -172,8 +173,6 @@ DIVERSITY = [("distinct2", "distinct-2 (higher: more varied)"), ("repetition4", 
 
 
 def diversity(run: Run) -> str:
-    from selfreward import report_plots as plots
-
     metrics = {k: run.json(k, "eval", "metrics.json") or {} for k in run.ks("eval", first=0)}
     series = {label: {k: m.get(key) for k, m in metrics.items()} for key, label in DIVERSITY}
     rows = [[k, *(m.get(key) for key, _ in DIVERSITY), m.get("kl_per_token")] for k, m in sorted(metrics.items())]
@@ -183,8 +182,6 @@ def diversity(run: Run) -> str:
 
 
 def win_and_capability(run: Run) -> str:
-    from selfreward import report_plots as plots
-
     metrics = {k: run.json(k, "eval", "metrics.json") or {} for k in run.ks("eval", first=0)}
     later = {k: m for k, m in metrics.items() if k >= 1}
     win = {k: (m.get("win_rate"), m.get("win_rate_ci95")) for k, m in later.items()}
@@ -204,30 +201,33 @@ def win_and_capability(run: Run) -> str:
                           "gain vs M(k-1)", "95% CI", "gain vs M0", "95% CI"], rows))
 
 
-def known_answer(run: Run) -> str:
-    from selfreward import report_plots as plots
+def _accuracy(v: dict) -> str:
+    unjudged = f", {v['unjudged']} unjudged" if v.get("unjudged") else ""
+    return f"{fmt(v.get('accuracy'))} {fmt(v.get('ci95'))} of {v.get('n')}{unjudged}"
 
+
+def known_answer(run: Run) -> str:
     by_kind: dict[str, dict] = {}
-    rows = []
+    found: dict[int, dict] = {}
     for k in run.ks("judge"):
         ka = (run.json(k, "judge", "stats.json") or {}).get("known_answer") or {}
         if ka.get("n") is None:
             continue
-        by_kind.setdefault("all", {})[k] = (ka.get("accuracy"), ka.get("ci95"))
-        for kind, v in (ka.get("by_corruption") or {}).items():
+        found[k] = {**(ka.get("by_corruption") or {}), "all": ka}
+        for kind, v in found[k].items():
             by_kind.setdefault(kind, {})[k] = (v.get("accuracy"), v.get("ci95"))
-            rows.append([k, kind, v.get("accuracy"), v.get("ci95"), v.get("n"), v.get("unjudged")])
-        rows.append([k, "all", ka.get("accuracy"), ka.get("ci95"), ka.get("n"), ka.get("unjudged")])
+    kinds = sorted(by_kind, key=lambda kind: (kind == "all", kind))
+    rows = [[k, *(_accuracy(v[kind]) if kind in v else "n/a" for kind in kinds)] for k, v in sorted(found.items())]
     empty = "" if rows or not run.ks("judge") else "The judge stage ran without known-answer checks " \
                                                     "(judge.known_answer_pairs: 0)."
     return section("known-answer", "Known-answer accuracy of the judge", note(run.missing("judge")), note(empty),
                    img(plots.known_answer(by_kind), "known-answer accuracy by corruption type"),
-                   table(["iteration", "corruption", "accuracy", "95% CI", "checks", "unjudged"], rows))
+                   '<p class="meta">The share of checks in which the judge scored the original response above '
+                   'its corrupted copy, with its 95% interval and the number of checks.</p>' if rows else "",
+                   table(["iteration", *kinds], rows))
 
 
 def pairs(run: Run) -> str:
-    from selfreward import report_plots as plots
-
     counts, rows = {}, []
     for k in run.ks("judge"):
         s = run.json(k, "judge", "stats.json") or {}
@@ -244,8 +244,6 @@ TRAIN_CURVES = [("loss", "DPO loss"), ("rewards/margins", "reward margin (chosen
 
 
 def training(run: Run) -> str:
-    from selfreward import report_plots as plots
-
     history = {k: run.train_history(k) for k in run.ks("train")}
     rows = []
     for k in run.ks("train"):
@@ -332,7 +330,7 @@ color:#222;background:#fff}
 h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
 nav a{margin-right:14px}img{max-width:100%;display:block;margin:8px 0}
 table{border-collapse:collapse;margin:8px 0;font-size:.86em}td,th{border:1px solid #ddd;padding:3px 8px;
-text-align:left;vertical-align:top}th{background:#f3f3f3}tr.promoted td,tr.pass td{background:#eef8ee}
+text-align:left;vertical-align:top;white-space:nowrap}td:last-child{white-space:normal}th{background:#f3f3f3}tr.promoted td,tr.pass td{background:#eef8ee}
 tr.refused td,tr.fail td{background:#fbeeee}.note{color:#8a6d00;font-style:italic}.failed{color:#b00020}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;padding:6px 8px;margin:2px 0 8px;font-size:.85em}
 .example{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:12px 0}.meta{margin:4px 0;color:#555;

@@ -69,6 +69,7 @@ def score_histograms(scores: dict[int, list[float]]) -> bytes | None:
         ax.hist(v, bins=bins, histtype="step", linewidth=2, color=colour(k), label=f"iteration {k} (n={len(v)})")
     ax.set_xlabel("judge score")
     ax.set_ylabel("judgments")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     _legend_right(ax)
     ax.grid(alpha=0.3)
     return _png(fig)
@@ -199,6 +200,7 @@ def pair_yield(counts: dict[int, dict[str, int]]) -> bytes | None:
         bottom = [b + h for b, h in zip(bottom, heights)]
     _ticks(ax, ks)
     ax.set_ylabel("prompts")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     _legend_right(ax)
     return _png(fig)
 
