@@ -59,10 +59,17 @@ def _by_text(token_logprobs) -> dict[str, float]:
 
 @dataclass
 class _AdapterIds:
+    base: str  # the model every adapter is served on: an adapter naming another base is refused
     ids: dict[str, int] = field(default_factory=dict)
 
     def get(self, path: str) -> int:
-        return self.ids.setdefault(os.path.abspath(path), len(self.ids) + 1)
+        key = os.path.abspath(path)
+        if key not in self.ids:
+            from selfreward.models import check_adapter_base
+
+            check_adapter_base(key, self.base)
+            self.ids[key] = len(self.ids) + 1
+        return self.ids[key]
 
 
 class VLLMEngine:
@@ -89,7 +96,7 @@ class VLLMEngine:
                        # generators cannot do ("CPU Generator does not use offset"); whole prefills avoid it
                        enable_chunked_prefill=False, max_num_batched_tokens=max(8192, cfg.max_model_len))
         self.tokenizer = self.llm.get_tokenizer()
-        self._adapters = _AdapterIds()
+        self._adapters = _AdapterIds(model_path)
         self.model_path, self.cfg = model_path, cfg
 
     def _lora(self, path: str | None):
@@ -179,7 +186,7 @@ class HFEngine:
         self.base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
                                                          trust_remote_code=cfg.trust_remote_code).eval()
         self.model = self.base
-        self._adapters = _AdapterIds()
+        self._adapters = _AdapterIds(model_path)
 
     def _use(self, adapter: str | None):
         from peft import PeftModel

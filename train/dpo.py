@@ -132,6 +132,7 @@ def fit(cfg: Config, iter_dir: Path):
     parent = artifacts.parent_adapter(iter_dir)
     peft_config = None
     if parent:
+        models.check_adapter_base(parent, base)
         model = PeftModel.from_pretrained(model, parent, is_trainable=True)
     else:
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
