@@ -79,8 +79,11 @@ def fmt(value, digits: int = 3) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-        return f"[{value[0]:.{digits}f}, {value[1]:.{digits}f}]"
+    if isinstance(value, (list, tuple)) and len(value) == 2:  # an interval
+        if all(isinstance(v, (int, float)) for v in value):
+            return f"[{value[0]:.{digits}f}, {value[1]:.{digits}f}]"
+        if all(v is None for v in value):
+            return "n/a"
     return str(value)
 
 
@@ -211,8 +214,8 @@ def known_answer(run: Run) -> str:
     found: dict[int, dict] = {}
     for k in run.ks("judge"):
         ka = (run.json(k, "judge", "stats.json") or {}).get("known_answer") or {}
-        if ka.get("n") is None:
-            continue
+        if not ka.get("n") and not ka.get("unjudged"):
+            continue  # no checks in this iteration (judge.known_answer_pairs: 0)
         found[k] = {**(ka.get("by_corruption") or {}), "all": ka}
         for kind, v in found[k].items():
             by_kind.setdefault(kind, {})[k] = (v.get("accuracy"), v.get("ci95"))

@@ -132,6 +132,8 @@ def win_and_capability(win: dict, gain: dict, gain_m0: dict, accuracy: dict, flo
     ax = axes[0]
     if win:
         _errorbars(ax, win, "win rate vs M(k-1)", color="tab:blue")
+    else:  # the frozen judge's verdict tokens had no probability mass (a tiny or random judge)
+        ax.text(0.5, 0.3, "not measured", transform=ax.transAxes, ha="center", color="grey")
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="no change (0.5)")
     if min_win_rate != 0.5:
         ax.axhline(min_win_rate, color="tab:red", linestyle=":", linewidth=1, label=f"gate bound ({min_win_rate:g})")
