@@ -6,7 +6,7 @@ Contract: reads the seeds, earlier iterations' prompts and (`data_gen.source: da
 finish_reason, seed}, plus `anchor: true` on M0's anchor responses when `data_gen.anchor_responses` asks for
 them). With `data_gen.pool: accumulate` the prompts file starts with every earlier iteration's prompts
 (`carried: true`), which are answered again; new prompts never repeat them. Every request is seeded by its
-row, so a resumed stage produces the same rows. The stage's identity holds a local dataset file's sha256.
+row, so a resumed stage produces the same rows. A local dataset file is in the identity by its sha256.
 """
 from __future__ import annotations
 
@@ -23,10 +23,7 @@ from selfreward.records import read_jsonl, run_sharded, write_jsonl
 
 
 def _earlier_inputs(cfg: Config, iter_dir: Path) -> dict:
-    ident = {"earlier_prompts": [file_digest(p) for p in _earlier_prompt_files(iter_dir)]}
-    if cfg.data_gen.source == "dataset":
-        ident["dataset"] = datasource.identity(cfg.data_gen.dataset)
-    return ident
+    return {"earlier_prompts": [file_digest(p) for p in _earlier_prompt_files(iter_dir)]}
 
 
 def _earlier_prompt_files(iter_dir: Path) -> list[Path]:

@@ -168,7 +168,8 @@ class SftCfg(Section):
     num_train_epochs: float = Field(1.0, gt=0, description="Passes over the SFT data.")
     per_device_train_batch_size: int = Field(4, ge=1, description="Per-device SFT batch size (examples).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(512, ge=32, description="Max tokens of prompt + completion (longer ones are cut).")
+    max_length: int = Field(1024, ge=32, description="Max tokens of prompt + completion, longer ones cut (an EFT "
+                                                     "prompt holds the whole judge prompt: ~350 tokens by default).")
     sft_overrides: dict[str, Any] = Field(default_factory=dict,
                                           description="Extra trl.SFTConfig arguments, validated by TRL.")
 
@@ -451,12 +452,29 @@ def check_inputs(cfg: Config, origin: str, offline_hub_ok: bool = False) -> None
         raise RecipeError(f"{origin}: model.ref: {e}") from None
     if cfg.launch.accelerate_config and not Path(cfg.launch.accelerate_config).is_file():
         raise RecipeError(f"{origin}: launch.accelerate_config: file not found: {cfg.launch.accelerate_config}")
+    if cfg.launch.accelerate_config:
+        _check_accelerate_config(cfg.launch.accelerate_config, origin)
     for section, key in TOKEN_BUDGETS:
         budget = getattr(getattr(cfg, section), key)
         if budget >= cfg.model.max_model_len:
             raise RecipeError(f"{origin}: {section}.{key}: {budget} tokens do not fit in model.max_model_len="
                               f"{cfg.model.max_model_len} (the prompt needs room too)")
     _check_output_dir(cfg.run_dir(), origin)
+
+
+def _check_accelerate_config(path: str, origin: str) -> None:
+    """ZeRO-3 shards the LoRA weights too: without gathering them at save, transformers writes an empty adapter
+    (and a DeepSpeed checkpoint instead), which selfreward would then serve as the trained model."""
+    try:
+        launch = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{origin}: launch.accelerate_config: {path}: invalid YAML ({getattr(e, 'problem', e)})") \
+            from None
+    ds = launch.get("deepspeed_config") if isinstance(launch, dict) else None
+    if isinstance(ds, dict) and launch.get("distributed_type") == "DEEPSPEED" and str(ds.get("zero_stage")) == "3" \
+            and not ds.get("zero3_save_16bit_model"):
+        raise RecipeError(f"{origin}: launch.accelerate_config: {path}: ZeRO-3 needs deepspeed_config."
+                          f"zero3_save_16bit_model: true (the LoRA adapter is gathered from its shards to be saved)")
 
 
 def _check_output_dir(run_dir: Path, origin: str) -> None:
@@ -530,6 +548,12 @@ def identity(data: dict) -> dict:
         path = data.get(section, {}).get(key)
         if isinstance(path, str) and Path(path).is_file():
             data[section][key] = file_digest(path)
+    from selfreward.datasource import path_identity
+
+    for section, key in DATASET_FIELDS:
+        src = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(src, dict) and isinstance(src.get("path"), str):
+            src["path"] = path_identity(src["path"]) or src["path"]
     # keys added later leave the identity of a recipe that does not use them as it was
     dg = data.get("data_gen", {})
     if isinstance(dg, dict) and dg.get("source", "self_instruct") == "self_instruct":

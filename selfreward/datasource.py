@@ -5,7 +5,7 @@ id, loaded with `datasets.load_dataset`, plus a column mapping and an optional `
 seed (`Dataset.shuffle(seed).select(range(n))`). `check` validates a source without loading a model: the file
 exists, the mapped columns exist, the data is not empty, and a hub id is not asked for while HF_HUB_OFFLINE=1
 forbids fetching it (unless it is in the local cache); it raises `DatasetError` with one line. `load` returns the
-rows (mapped columns only, with their row index); `identity` is what stages hash: a local file by content.
+rows (mapped columns only, with their row index); `path_identity` is how identities hash a local file: by content.
 """
 from __future__ import annotations
 
@@ -77,19 +77,17 @@ def _local_path(src: DatasetSource) -> Path:
     return Path(os.path.expanduser(src.path))
 
 
-def identity(src: DatasetSource | None) -> dict | None:
-    """The source as stage identities hash it: a local file by its sha256 (editing it redoes the stage)."""
-    if src is None:
-        return None
+def path_identity(path: str) -> str | dict | None:
+    """A local dataset by content, as run and stage identities hash it (editing the file changes the config; a
+    moved checkout does not); None for a hub id, which is identified by its name and revision."""
     from selfreward.models import file_digest
 
-    ident = src.model_dump(mode="json")
-    p = _local_path(src)
+    p = Path(os.path.expanduser(path))
     if p.is_file():
-        ident["path"] = file_digest(p)
-    elif p.is_dir():
-        ident["path"] = {str(f.relative_to(p)): file_digest(f) for f in sorted(p.rglob("*")) if f.is_file()}
-    return ident
+        return file_digest(p)
+    if p.is_dir():
+        return {str(f.relative_to(p)): file_digest(f) for f in sorted(p.rglob("*")) if f.is_file()}
+    return None
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -176,10 +176,6 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
                    metrics)
 
 
-def _data(cfg: Config, iter_dir: Path) -> dict:
-    return {"ift": datasource.identity(cfg.sft.ift), "eft": datasource.identity(cfg.sft.eft)}
-
-
 def summary(m: dict) -> str:
     x = m["metrics"]
 
@@ -193,7 +189,7 @@ def summary(m: dict) -> str:
 STAGE = Stage("sft", reads=("sft", "model", "run.seed", "train.lora_r", "train.lora_alpha", "train.lora_dropout",
                             "train.lora_target_modules", "train.precision", "judge.constitution", "judge.mode",
                             "judge.format"),
-              run=run, summary=summary, extra=_data)
+              run=run, summary=summary)
 
 
 if __name__ == "__main__":  # launch.mode: subprocess runs `python -m selfreward.train.sft RUN_DIR 0`

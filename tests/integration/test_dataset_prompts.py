@@ -123,7 +123,7 @@ def test_editing_the_dataset_file_changes_the_stage(files, write_recipe, tiny_mo
     _, before = _data_gen(cfg, 1)
     assert _data_gen(cfg, 1)[1] == before  # unchanged: the finished stage is skipped
     path.write_text(path.read_text().replace("volcanoes", "earthquakes"))
-    with pytest.raises(StageConflict, match=r"changed: dataset\.path"):
+    with pytest.raises(StageConflict, match=r"changed: data_gen\.dataset\.path\)"):
         _data_gen(cfg, 1)
     assert read_json(cfg.run_dir() / "iter_001" / "data_gen" / "manifest.json") == before
 

@@ -114,10 +114,10 @@ def test_a_rerun_skips_the_sft_stage_and_a_changed_one_conflicts(run_dir, recipe
     iter_dir = run_dir / "iter_000"
     before = read_json(iter_dir / "sft" / "manifest.json")
     assert lifecycle.execute(sft.STAGE, config.load(recipe), iter_dir) == before
-    with pytest.raises(StageConflict, match=r"changed: sft\.learning_rate"):
+    with pytest.raises(StageConflict, match=r"changed: sft\.learning_rate\)"):
         lifecycle.execute(sft.STAGE, config.load(recipe, ["sft.learning_rate=0.001"]), iter_dir)
     (recipe.parent / "edited.jsonl").write_text((recipe.parent / "ift.jsonl").read_text().replace("Red", "Blue"))
-    with pytest.raises(StageConflict, match=r"changed: ift\.path"):  # the data by content
+    with pytest.raises(StageConflict, match=r"changed: sft\.ift\.path\)"):  # the data by content
         lifecycle.execute(sft.STAGE, config.load(recipe, [f"sft.ift.path={recipe.parent / 'edited.jsonl'}"]),
                           iter_dir)
     assert read_json(iter_dir / "sft" / "manifest.json") == before
