@@ -143,7 +143,10 @@ def fit(cfg: Config, iter_dir: Path):
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config)
     trainer.add_callback(_stop_on_signal())
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out_dir / "checkpoints"))
+    resume = _last_checkpoint(out_dir / "checkpoints")
+    if resume and trainer.accelerator.is_main_process:  # what a requeued job's log shows
+        print(f"train: resuming from {Path(resume).name} of {out_dir / 'checkpoints'}", flush=True)
+    result = trainer.train(resume_from_checkpoint=resume)
     # a signal after the last step does not undo finished training: the adapter is saved, the next stage stops
     if trainer.state.global_step < trainer.state.max_steps and stop_on_all_ranks(trainer.args.device):
         raise Preempted(f"training stopped after step {trainer.state.global_step} on signal {stop_signal()}; "

@@ -163,3 +163,12 @@ def test_bad_launch_shapes_are_one_line(cli, tmp_path, override, expected):
         line, = out.stderr.strip().splitlines()
         assert expected in line and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_zero3_config_that_would_save_an_empty_adapter_is_refused(cli, tmp_path, recipes_dir):
+    bad = tmp_path / "zero3-nogather.yaml"
+    bad.write_text((recipes_dir / "accelerate" / "zero3.yaml").read_text().replace("zero3_save_16bit_model: true",
+                                                                                    "zero3_save_16bit_model: false"))
+    out = cli("validate", "qwen2.5-7b-zero3-2x8", f"launch.accelerate_config={bad}")
+    line, = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and "ZeRO-3 needs deepspeed_config.zero3_save_16bit_model: true" in line
