@@ -3,12 +3,13 @@
 Contract: one metrics.jsonl line per (iteration, stage), replaced when a stage is redone. With W&B, one run
 per run directory: its id is created once and kept in `RUN/wandb_run_id` (a moved or requeued run continues
 it), group/name/tags come from the recipe. Stage metrics are logged as `<stage>/<key>` against the
-`iteration` axis; TRL's per-step logs as `train/curve/<key>` against `train/step` (counted across the loop);
-each iteration gets tables of sampled prompts, responses and judgments (`judge/samples`), pairs
-(`judge/pairs`) and the gate's decision (`gate/decision`, with `gate/passed`), and each adapter is a `model`
-artifact whose metadata is its lineage. W&B's own step only counts log calls; the next one is kept in
-`RUN/wandb_step`, because an offline run resumed by a new process restarts it at 0. Without an API key the
-run is offline, and one line says how to `wandb sync` it.
+`iteration` axis; TRL's per-step logs as `train/curve/<key>` against `train/step` (counted across the loop;
+`sft/curve/<key>` for the SFT bootstrap). Each iteration gets tables of sampled prompts, responses and
+judgments (`judge/samples_table`), pairs (`judge/pairs_table`) and the gate's decision (`gate/decision`, with
+`gate/passed`); each adapter (DPO's `iter-K`, the SFT bootstrap's `sft`) is a `model` artifact whose metadata
+is its lineage. W&B's own step only counts log calls; the next one is kept in `RUN/wandb_step`, because an
+offline run resumed by a new process restarts it at 0. Without an API key the run is offline, and one line
+says how to `wandb sync` it.
 """
 from __future__ import annotations
 
@@ -99,13 +100,16 @@ class Tracker:
         t = self.cfg.tracking
         offline = _offline()
         rid = run_id(self.run_dir)
+        if offline:  # W&B's own lines (and TRL asking an offline run for its URL) would say it all again
+            wandb.termsetup(wandb.Settings(silent=True), None)
         self._wandb = wandb.init(project=t.project, entity=t.entity, group=t.group, tags=t.tags or None,
                                  name=self.cfg.run.name, id=rid, resume="allow", dir=str(self.run_dir),
                                  config=self.cfg.model_dump(mode="json"), mode="offline" if offline else None,
                                  settings=wandb.Settings(silent=offline))
         self._wandb.define_metric("iteration")
-        self._wandb.define_metric("train/step")
-        self._wandb.define_metric("train/curve/*", step_metric="train/step")
+        for stage in ("train", "sft"):
+            self._wandb.define_metric(f"{stage}/step")
+            self._wandb.define_metric(f"{stage}/curve/*", step_metric=f"{stage}/step")
         if offline:
             print(f"W&B run {rid} is offline (no API key); upload it with: "
                   f"wandb sync {self.run_dir / 'wandb'}/offline-run-*-{rid}", flush=True)
@@ -126,40 +130,46 @@ class Tracker:
     def _wandb_log(self, iteration: int, stage: str, manifest: dict, rows: list[dict]) -> None:
         iter_dir = iteration_dir(self.run_dir, iteration)
         data = {f"{stage}/{k}": v for k, v in _scalars(manifest["metrics"]).items()}
-        if stage == "judge":
-            data.update(_judge_tables(iter_dir))
+        extra = _judge_tables(iter_dir) if stage == "judge" else {}
         if stage == "eval" and iteration > 0 and (iter_dir / "eval" / "decision.json").exists():
-            data.update(_gate(read_json(iter_dir / "eval" / "decision.json")))
+            extra = _gate(read_json(iter_dir / "eval" / "decision.json"))
+        assert not set(extra) & set(data), "a table would hide a metric of the same name"
+        data.update(extra)
         self._emit({**data, "iteration": iteration}, "iteration")
-        if stage == "train":
-            self._train_curves(iteration, iter_dir, rows)
-            if (iter_dir / "train" / "adapter").is_dir():
-                self._adapter_artifact(iteration, iter_dir, manifest)
+        if stage in ("train", "sft"):  # DPO, and the SFT bootstrap whose adapter is M0
+            self._curves(iteration, stage, iter_dir, rows)
+            if (iter_dir / stage / "adapter").is_dir():
+                self._adapter_artifact(iteration, stage, iter_dir, manifest)
 
-    def _train_curves(self, iteration: int, iter_dir: Path, rows: list[dict]) -> None:
-        """TRL's per-step logs on their own axis: train/step counts optimizer steps across iterations."""
-        history = iter_dir / "train" / "log_history.jsonl"
+    def _curves(self, iteration: int, stage: str, iter_dir: Path, rows: list[dict]) -> None:
+        """TRL's per-step logs on their own axis: <stage>/step counts optimizer steps across iterations."""
+        history = iter_dir / stage / "log_history.jsonl"
         if not history.exists():
             return
-        offset = sum(r["metrics"].get("steps") or 0 for r in rows if r["stage"] == "train" and r["iteration"] < iteration)
+        offset = sum(r["metrics"].get("steps") or 0 for r in rows if r["stage"] == stage and r["iteration"] < iteration)
         for h in read_jsonl(history):
-            point = {f"train/curve/{k}": v for k, v in _scalars(h).items() if k != "step"}
-            self._emit({**point, "train/curve/iteration": iteration, "train/step": offset + h["step"]}, None)
+            point = {f"{stage}/curve/{k}": v for k, v in _scalars(h).items() if k != "step"}
+            self._emit({**point, f"{stage}/curve/iteration": iteration, f"{stage}/step": offset + h["step"]}, None)
 
-    def _adapter_artifact(self, iteration: int, iter_dir: Path, manifest: dict) -> None:
+    def _adapter_artifact(self, iteration: int, stage: str, iter_dir: Path, manifest: dict) -> None:
+        """The adapter with its lineage: the base model reference, its parent, the config hash and the data."""
         import wandb
 
         lineage = read_json(iter_dir / "lineage.json") if (iter_dir / "lineage.json").exists() else {}
-        judge = iter_dir / "judge" / "manifest.json"
-        pairs = read_json(judge)["outputs"].get("pairs", {}).get("sha256", {}) if judge.exists() else {}
+        if stage == "sft":
+            data = manifest["outputs"]["train"]["sha256"] if "outputs" in manifest else {}
+            lineage, alias, key, sha = {}, "sft", "data_sha256", data.get("train.jsonl")
+        else:
+            judge = iter_dir / "judge" / "manifest.json"
+            pairs = read_json(judge)["outputs"]["pairs"]["sha256"] if judge.exists() else {}
+            alias, key, sha = f"iter-{iteration}", "pairs_sha256", pairs.get("pairs.jsonl")
         art = wandb.Artifact(f"{self.cfg.run.name}-adapter", type="model", metadata={
-            "iteration": iteration, "base_model": self.cfg.model.ref,
+            "iteration": iteration, "stage": stage, "base_model": self.cfg.model.ref,
             "parent_iteration": lineage.get("parent_iteration"), "parent_adapter": lineage.get("parent_adapter"),
-            "config_hash": manifest["config_hash"], "pairs_sha256": pairs.get("pairs.jsonl"),
-            "metrics": _scalars(manifest["metrics"])})
-        for f in sorted((iter_dir / "train" / "adapter").iterdir()):  # add_dir would print a line of its own
+            "config_hash": manifest["config_hash"], key: sha, "metrics": _scalars(manifest["metrics"])})
+        for f in sorted((iter_dir / stage / "adapter").iterdir()):  # add_dir would print a line of its own
             art.add_file(str(f), name=f.name)
-        self._wandb.log_artifact(art, aliases=[f"iter-{iteration}"])
+        self._wandb.log_artifact(art, aliases=[alias])
 
     def finish(self) -> None:
         if self._wandb is not None:
@@ -196,7 +206,7 @@ def _judge_tables(iter_dir: Path) -> dict:
         prov = p["provenance"]
         table.add_data(prov.get("prompt_id"), p["prompt"][0]["content"], p["chosen"][-1]["content"],
                        p["rejected"][-1]["content"], prov.get("chosen_score"), prov.get("rejected_score"))
-    return {"judge/samples": samples, "judge/pairs": table}
+    return {"judge/samples_table": samples, "judge/pairs_table": table}  # judge/pairs is the count
 
 
 def _gate(decision: dict) -> dict:
