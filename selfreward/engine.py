@@ -34,6 +34,7 @@ class Sampling:
     top_logprobs: int = 0  # >0: also return the log-probabilities of the first token's top candidates
     score_token_ids: tuple[int, ...] = ()  # also return the first token's log-probabilities of exactly these ids
     regex: str | None = None  # structured output: the completion must match this regular expression (vLLM)
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks of fixed-length work)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class VLLMEngine:
                                  max_tokens=sampling.max_tokens, seed=r.seed,
                                  logprobs=sampling.top_logprobs or None,
                                  logprob_token_ids=list(sampling.score_token_ids) or None,
-                                 structured_outputs=structured) for r in requests]
+                                 structured_outputs=structured, ignore_eos=sampling.ignore_eos) for r in requests]
         outputs = self.llm.generate([self._prompt(r.messages) + r.prefill for r in requests], params, use_tqdm=False,
                                     lora_request=[self._lora(r.adapter) for r in requests])
         result = []
@@ -222,6 +223,8 @@ class HFEngine:
             torch.manual_seed(r.seed)
             kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id,
                           output_logits=True, return_dict_in_generate=True)
+            if sampling.ignore_eos:
+                kwargs["min_new_tokens"] = sampling.max_tokens
             if sampling.temperature > 0:
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             else:

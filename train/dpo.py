@@ -43,6 +43,10 @@ def build_dpo_config(cfg: Config, output_dir: str):
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=1, report_to=[],
         bf16=use_bf16(t.precision), use_cpu=not cuda, dataloader_num_workers=0,
         disable_tqdm=False, lr_scheduler_type="cosine", warmup_steps=0,
+        # the reference (M(k-1)) scores every pair once before training, in batches larger than the training
+        # batch, instead of once per step; batches of similar lengths cut padding (see _Trainer)
+        precompute_ref_log_probs=True, precompute_ref_batch_size=4 * t.per_device_train_batch_size,
+        train_sampling_strategy="group_by_length",
     )
     kwargs.update(t.dpo_overrides)
     return DPOConfig(**kwargs)
@@ -60,6 +64,27 @@ def _stop_on_signal():
                 control.should_training_stop = True
 
     return StopOnSignal()
+
+
+def _trainer_class():
+    """TRL's DPOTrainer, with `train_sampling_strategy: group_by_length` measured on its tokenized pairs.
+
+    transformers' length-grouped sampler looks for an `input_ids` column, which DPO datasets do not have; here a
+    pair's length is its prompt plus its longer answer, the width it pads its batch to."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import DPOTrainer
+
+    class _Trainer(DPOTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            data = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "prompt_ids" not in data.column_names:
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(p) + max(len(c), len(r))
+                       for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])]
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=lengths)
+
+    return _Trainer
 
 
 def use_bf16(precision: str) -> bool:
@@ -119,12 +144,15 @@ def fit(cfg: Config, iter_dir: Path):
     from datasets import load_dataset
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOTrainer
-
     out_dir = iter_dir / "train"
     base = models.resolve(cfg.model.ref)
     t = cfg.train
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    # frozen base weights in bf16 where bf16 is computed natively (autocast would cast them at every matmul);
+    # LoRA weights stay fp32 (PEFT's autocast_adapter_dtype). DeepSpeed keeps fp32 weights and applies its own
+    # mixed precision.
+    bf16_weights = torch.cuda.is_available() or (
+        use_bf16(t.precision) and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true")
+    dtype = torch.bfloat16 if bf16_weights else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -140,8 +168,8 @@ def fit(cfg: Config, iter_dir: Path):
     data = load_dataset("json", data_files=str(iter_dir / "judge" / "pairs.jsonl"), split="train")
     data = data.remove_columns([c for c in data.column_names if c not in ("prompt", "chosen", "rejected")])
     args = build_dpo_config(cfg, str(out_dir / "checkpoints"))
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                               peft_config=peft_config)
     trainer.add_callback(_stop_on_signal())
     resume = _last_checkpoint(out_dir / "checkpoints")
     if resume and trainer.accelerator.is_main_process:  # what a requeued job's log shows
