@@ -111,7 +111,8 @@ class Tracker:
             self._wandb.define_metric(f"{stage}/step")
             self._wandb.define_metric(f"{stage}/curve/*", step_metric=f"{stage}/step")
         if offline:
-            print(f"W&B run {rid} is offline (no API key); upload it with: "
+            why = "WANDB_MODE" if os.environ.get("WANDB_MODE") else "no API key"
+            print(f"W&B run {rid} is offline ({why}); upload it with: "
                   f"wandb sync {self.run_dir / 'wandb'}/offline-run-*-{rid}", flush=True)
         return self._wandb
 
