@@ -81,8 +81,27 @@ def _trainer_class():
                 return super()._get_train_sampler(train_dataset)
             lengths = [len(p) + max(len(c), len(r))
                        for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])]
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return _SeededLengthGrouped(seed, self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=lengths)
+
+    class _SeededLengthGrouped(LengthGroupedSampler):
+        """Length-grouped batches in an order fixed by the seed and the epoch. transformers' sampler draws from
+        the global RNG, whose state differs between processes, so a resumed run (which skips the batches it
+        already trained on) saw other batches than the uninterrupted run (tests/integration/test_resume_kill.py)."""
+
+        def __init__(self, seed: int, *args, **kwargs):
+            import torch
+
+            super().__init__(*args, generator=torch.Generator(), **kwargs)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:  # the Trainer (through accelerate) calls it every epoch
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator.manual_seed(self.seed + self.epoch)
+            return super().__iter__()
 
     return _Trainer
 
@@ -174,6 +193,9 @@ def fit(cfg: Config, iter_dir: Path):
     resume = _last_checkpoint(out_dir / "checkpoints")
     if resume and trainer.accelerator.is_main_process:  # what a requeued job's log shows
         print(f"train: resuming from {Path(resume).name} of {out_dir / 'checkpoints'}", flush=True)
+    if resume:  # TRL counts the tokens trained on in the trainer, not in the checkpoint: carry it over
+        logged = json.loads((Path(resume) / "trainer_state.json").read_text())["log_history"]
+        trainer._total_train_tokens = int(next((h["num_tokens"] for h in reversed(logged) if "num_tokens" in h), 0))
     result = trainer.train(resume_from_checkpoint=resume)
     # a signal after the last step does not undo finished training: the adapter is saved, the next stage stops
     if trainer.state.global_step < trainer.state.max_steps and stop_on_all_ranks(trainer.args.device):
