@@ -42,7 +42,8 @@ def recipe(tmp_path_factory, tiny_model_dir, recipes_dir, write_recipe):
             "model": {"ref": str(tiny_model_dir), "engine": "hf"},
             "data_gen": {"source": "dataset", "dataset": {"path": "ift.jsonl", "prompt_column": "instruction"},
                          "num_prompts": 3, "n_responses": 2, "max_tokens": 12},
-            "judge": {"mode": "logprob", "allow_truncated": True, "known_answer_pairs": 2},
+            "judge": {"mode": "logprob", "allow_truncated": True, "known_answer_pairs": 2,
+                      "min_score_mass": 1e-6},  # a random tiny model spreads its mass over the vocabulary
             "train": {"per_device_train_batch_size": 2, "max_length": 128, "lora_r": 8},
             "sft": {"enabled": True,
                     "ift": {"path": "ift.jsonl", "prompt_column": "instruction", "completion_column": "output"},
