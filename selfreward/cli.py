@@ -77,7 +77,7 @@ def cmd_status(args) -> int:
     for d, cells, _ in status.table(run_dir):
         for name, c in cells.items():
             if c.state == "failed" and c.detail:
-                print(f"{d.name} {name} failed: {c.detail}")
+                print(f"  {d.name} {name} failed: {c.detail}")
     gate = status.last_gate(run_dir)
     if gate is not None:
         k, decision = gate
