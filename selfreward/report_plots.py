@@ -138,7 +138,7 @@ def win_and_capability(win: dict, gain: dict, gain_m0: dict, accuracy: dict, flo
     if min_win_rate != 0.5:
         ax.axhline(min_win_rate, color="tab:red", linestyle=":", linewidth=1, label=f"gate bound ({min_win_rate:g})")
     ax.set_title("frozen-M0 judge win rate (95% CI)", fontsize=10)
-    _ticks(ax, set(win) or {1})
+    _ticks(ax, set(win) or set(gain) | set(gain_m0) or {1})
     ax.legend(fontsize=7)
     ax = axes[1]
     for key, marker in (("prompt_strict", "o"), ("instruction_strict", "s")):
