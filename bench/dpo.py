@@ -67,13 +67,14 @@ def run_side(side: str, args) -> dict:
 
     from selfreward import models
     from selfreward.config import find_recipe, load
-    from selfreward.records import write_jsonl
+    from selfreward.records import write_json, write_jsonl
 
     cfg = load(find_recipe(args.recipe), [f"run.seed={args.seed}"])
     rows = _pairs(args.pairs, args.n)
     work = Path(tempfile.mkdtemp(prefix=f"bench-dpo-{side}-"))
     iter_dir = work / "iter_001"
     write_jsonl(iter_dir / "judge" / "pairs.jsonl", rows)
+    write_json(iter_dir / "lineage.json", {"iteration": 1, "parent_iteration": 0, "parent_adapter": None})
     t = cfg.train
     if side == "selfreward":
         from selfreward.train import dpo

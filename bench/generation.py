@@ -9,7 +9,9 @@ Sides, each repetition in a fresh process (model load not timed, one warm-up cal
 - `engine`: `selfreward.engine.VLLMEngine` with the recipe's model section (what the loop runs);
 - `engine-lora`: the same engine serving a LoRA adapter on every target module the recipe trains (rank as in
   the recipe, small random weights), fixed workload only: its speed against `engine`'s base-model speed;
-- `vllm`: `vllm.LLM(model)` with default settings (dtype from the checkpoint, its own scheduler defaults);
+- `vllm`: `vllm.LLM(model)` with default settings (dtype from the checkpoint, its own scheduler defaults, prefix
+  caching, chunked prefill, the engine core in its own process), except the CPU KV-cache size, which is set
+  to the engine's (vLLM's default reserves 92% of the machine's memory and fails to start beside anything);
 - `transformers`: `generate` on left-padded batches, same dtype; the batch size is picked from --hf-batches
   by a sweep in the first repetition (its best), then kept.
 
@@ -100,6 +102,9 @@ def run_side(side: str, args) -> dict:
     elif side == "vllm":
         from vllm import LLM, SamplingParams
 
+        # vLLM's defaults, except the CPU KV cache: by default it reserves 92% of the machine's memory, which fails
+        # wherever anything else runs; it gets the same space as the engine
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.model.kv_cache_gib)
         llm = LLM(model=path)
         tok = llm.get_tokenizer()
         llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
@@ -114,8 +119,31 @@ def run_side(side: str, args) -> dict:
                          "dtype": str(llm.llm_engine.model_config.dtype).replace("torch.", "")}
     else:
         out = _run_transformers(path, cfg, work, args)
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"side": side, "peak_rss_mib": peak / 1024, "workloads": out}
+    return {"side": side, "peak_rss_mib": _tree_peak_kib() / 1024, "workloads": out}
+
+
+def _tree_peak_kib() -> int:
+    """Peak RSS of the largest process in this process tree (vLLM's default runs its engine core apart)."""
+    peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {os.getpid()}, True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= new
+        grew = bool(new)
+    for pid in tree - {os.getpid()}:
+        try:
+            line = next(x for x in open(f"/proc/{pid}/status") if x.startswith("VmHWM:"))
+            peaks.append(int(line.split()[1]))
+        except (OSError, StopIteration):
+            pass
+    return max(peaks)
 
 
 def _run_transformers(path, cfg, work, args) -> dict:
