@@ -103,7 +103,10 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
 
 def summary(m: dict) -> str:
     x = m["metrics"]
-    return (f"data_gen: {x['prompts_accepted']} prompts ({x['prompts_candidates']} candidates, "
+    pool = x.get("prompts_pool", x["prompts_accepted"])
+    carried = f" + {pool - x['prompts_accepted']} carried" if pool != x["prompts_accepted"] else ""
+    source = " from the dataset" if "prompts_pool_rows" in x else ""
+    return (f"data_gen: {x['prompts_accepted']} prompts{source}{carried} ({x['prompts_candidates']} candidates, "
             f"acceptance {x['prompts_acceptance_rate']:.0%}), {x['responses']} responses, "
             f"{x['response_tokens_mean']:.0f} tokens mean, {x['truncated_rate']:.0%} truncated, {x['dtype']}")
 

@@ -183,12 +183,13 @@ def _recipe_copies(recipe: Path, dest: Path) -> list[tuple[Path, Path]]:
     """The recipe file and every file it names by a relative path, with where each goes."""
     import yaml
 
-    from selfreward.config import PATH_FIELDS
+    from selfreward.config import DATASET_FIELDS, PATH_FIELDS
 
     target = dest if dest.suffix in (".yaml", ".yml") else dest / recipe.name
     copies = [(recipe, target)]
     data = yaml.safe_load(recipe.read_text()) or {}
     named = [data.get(s, {}).get(k) for s, k in PATH_FIELDS] + [data.get("launch", {}).get("accelerate_config")]
+    named += [src.get("path") for s, k in DATASET_FIELDS if isinstance(src := (data.get(s) or {}).get(k), dict)]
     for rel in named:
         if isinstance(rel, str) and not Path(rel).is_absolute() and (recipe.parent / rel).is_file():
             copies.append((recipe.parent / rel, target.parent / rel))
