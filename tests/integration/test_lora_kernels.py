@@ -1,0 +1,61 @@
+"""selfreward's grouped CPU LoRA kernels in the configurations recipes use: LoRA on every target module the
+recipes train (q, k, v, o, gate, up, down), in each dtype the engine may pick on a CPU (bfloat16 where the CPU
+computes it natively, float32 elsewhere), against transformers + PEFT.
+
+Compared: per-token log-probabilities of fixed completions (teacher forcing), base and adapter rows in one
+batch. Tolerance per dtype: float32 must agree with transformers float32 to 1e-4; bfloat16 rounds every
+product, so vLLM bf16 must be no further from the float32 reference than transformers' own bf16 is, with a
+margin of 2x plus 0.02 (different kernels round differently; neither is the exact answer).
+"""
+import pytest
+
+from selfreward.config import ModelCfg
+from selfreward.engine import HFEngine, ScoreRequest, VLLMEngine
+
+MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MSGS = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Count to three, please."}]]
+COMPLETIONS = ["Blue, like the sky on a clear day.", "One, two, three. Done!"]
+
+
+@pytest.fixture(scope="module")
+def adapter_all(tiny_model_dir, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=MODULES, init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter-all")
+    lora.save_pretrained(out)
+    return str(out)
+
+
+def _requests(adapter):
+    return [ScoreRequest(m, c, a) for a in (None, adapter) for m, c in zip(MSGS, COMPLETIONS)]
+
+
+def _max_diff(a, b):
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, adapter_all):
+    return HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="float32")).score(_requests(adapter_all))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grouped_kernels_match_transformers_peft(dtype, tiny_model_dir, adapter_all, reference):
+    reqs = _requests(adapter_all)
+    engine = VLLMEngine(str(tiny_model_dir), ModelCfg(dtype=dtype, max_model_len=512, kv_cache_gib=1), 16)
+    try:
+        got = engine.score(reqs)
+    finally:
+        del engine
+    # the adapter matters far beyond the tolerance, so a dropped adapter cannot pass
+    assert _max_diff(reference[:2], reference[2:]) > 0.5
+    if dtype == "float32":
+        assert _max_diff(got, reference) < 1e-4
+    else:
+        hf_bf16 = HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="bfloat16")).score(reqs)
+        assert _max_diff(got, reference) <= 2 * _max_diff(hf_bf16, reference) + 0.02
