@@ -106,8 +106,12 @@ def git_commit() -> str | None:
 
 
 def write_manifest(stage_dir: Path, stage: str, config: dict, outputs: dict[str, Path], metrics: dict,
-                   started: float) -> dict:
-    """Written last, atomically: its presence means every output listed in it is complete."""
+                   started: float, tokens: dict | None = None) -> dict:
+    """Written last, atomically: its presence means every output listed in it is complete.
+
+    `tokens` (prompt / generated inference tokens of this run of the stage) and `wall_time_s` describe this
+    run, not the artifacts: a resumed stage counts only what it computed."""
+    wall = round(time.time() - started, 3)
     manifest = {
         "stage": stage,
         "config_hash": config_hash(config),
@@ -116,8 +120,11 @@ def write_manifest(stage_dir: Path, stage: str, config: dict, outputs: dict[str,
         "metrics": metrics,
         "versions": library_versions(),
         "git_commit": git_commit(),
-        "wall_time_s": round(time.time() - started, 3),
+        "wall_time_s": wall,
     }
+    if tokens:
+        manifest["tokens"] = {**tokens, "per_s": round((tokens["prompt"] + tokens["generated"]) / max(wall, 1e-9), 1),
+                              "generated_per_s": round(tokens["generated"] / max(wall, 1e-9), 1)}
     write_json(stage_dir / "manifest.json", manifest)
     return manifest
 

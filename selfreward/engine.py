@@ -46,6 +46,16 @@ class Completion:
     score_logprobs: dict[int, float] | None = None  # token id -> first-token logprob, for score_token_ids
 
 
+# tokens every engine of this process has read (prompts) and written (completions); a stage's share is the
+# difference across its run (lifecycle.complete records it with the stage's wall time)
+TOKENS = {"prompt": 0, "generated": 0}
+
+
+def _count(prompt: int, generated: int) -> None:
+    TOKENS["prompt"] += prompt
+    TOKENS["generated"] += generated
+
+
 class EngineError(RuntimeError):
     """An engine cannot serve a request of this kind (for example structured outputs with transformers)."""
 
@@ -128,6 +138,7 @@ class VLLMEngine:
         result = []
         for o in outputs:
             c = o.outputs[0]
+            _count(len(o.prompt_token_ids or ()), len(c.token_ids))
             first = scores = None
             if sampling.top_logprobs and c.logprobs:
                 first = _by_text((lp.decoded_token, lp.logprob) for lp in c.logprobs[0].values())
@@ -160,6 +171,7 @@ class VLLMEngine:
         result = []
         for o, tail in zip(outputs, tails):
             ids, plp = o.prompt_token_ids, o.prompt_logprobs
+            _count(len(ids), 0)
             start = len(ids) - len(tail)
             result.append([plp[i][ids[i]].logprob for i in range(start, len(ids))])
         return result
@@ -232,6 +244,7 @@ class HFEngine:
             with torch.no_grad():
                 gen = self._call(r.adapter, lambda m: m.generate(**ids, **kwargs))
             new = gen.sequences[0, ids["input_ids"].shape[1]:].tolist()
+            _count(ids["input_ids"].shape[1], len(new))
             finished = bool(new) and new[-1] == self.tokenizer.eos_token_id
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             first = scores = None
@@ -252,6 +265,7 @@ class HFEngine:
         for r in requests:
             head_ids, tail_ids = _score_ids(self.tokenizer, r)
             ids = torch.tensor([head_ids + tail_ids])
+            _count(ids.shape[1], 0)
             with torch.no_grad():
                 logits = self._call(r.adapter, lambda m: m(input_ids=ids).logits)
             logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)

@@ -88,10 +88,14 @@ def execute(stage: Stage, cfg, iter_dir: Path, force: bool = False) -> dict:
 
 def complete(stage: Stage, cfg, iter_dir: Path, ident: dict | None = None) -> dict:
     """The work and the manifest, without the checks (a child process: its parent ran them)."""
-    started = time.time()
+    from selfreward.engine import TOKENS
+
+    started, before = time.time(), dict(TOKENS)
     ident = ident if ident is not None else identity(stage, cfg, iter_dir)
     out = stage.run(cfg, Path(iter_dir))
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate only rank 0 records the stage
         return {}
+    # inference tokens of this stage (training reports its own in its metrics)
+    tokens = {k: TOKENS[k] - before[k] for k in TOKENS}
     return artifacts.write_manifest(Path(iter_dir) / stage.name, stage.name, ident, out.paths, out.metrics,
-                                    started)
+                                    started, tokens if any(tokens.values()) else None)

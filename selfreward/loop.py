@@ -20,6 +20,17 @@ from selfreward.records import read_json, write_atomic, write_json
 from selfreward.tracking import Tracker
 
 
+def timing(manifest: dict) -> str:
+    """A stage's wall time and throughput, as its summary line ends: inference tokens (prompt + generated) per
+    second of the stage, or training tokens per second."""
+    out = f"{manifest.get('wall_time_s', 0):.0f}s"
+    tokens = manifest.get("tokens")
+    if tokens:
+        out += f", {tokens['generated_per_s']:.0f} generated tokens/s, {tokens['per_s']:.0f} tokens/s in all"
+    elif manifest.get("metrics", {}).get("tokens_per_s"):
+        out += f", {manifest['metrics']['tokens_per_s']:.0f} training tokens/s"
+    return out
+
 def _stages() -> list[lifecycle.Stage]:
     from selfreward.data_gen import stage as data_gen
     from selfreward.eval import stage as evaluation
@@ -78,7 +89,7 @@ def bootstrap(cfg: Config, run_dir: Path, force: bool, tracker: Tracker) -> None
     if cfg.sft.enabled:
         manifest = lifecycle.execute(sft.STAGE, cfg, artifacts.iteration_dir(run_dir, 0), force)
         tracker.log(0, "sft", manifest)
-        print(f"[iter 0] {sft.STAGE.summary(manifest)} [{manifest['wall_time_s']:.0f}s]", flush=True)
+        print(f"[iter 0] {sft.STAGE.summary(manifest)} [{timing(manifest)}]", flush=True)
         rel = f"{artifacts.SFT_DIR}/adapter"
         m0 = {"model": cfg.model.ref, "adapter": rel, "sft_config_hash": manifest["config_hash"]}
     else:
@@ -143,7 +154,7 @@ def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Trac
             oversight.conclude(run_dir, k, False, [str(e)])
             return "ended"
         note = " (already done, skipped)" if existed and not force else ""
-        print(f"[iter {k}] {stage.summary(manifest)} [{manifest['wall_time_s']:.0f}s]{note}", flush=True)
+        print(f"[iter {k}] {stage.summary(manifest)} [{timing(manifest)}]{note}", flush=True)
         tracker.log(k, stage.name, manifest)
     decision = read_json(iter_dir / "eval" / "decision.json")
     if cfg.run.oversight == "manual":
@@ -176,7 +187,7 @@ def run(cfg: Config, force: bool = False) -> Path:
         bootstrap(cfg, run_dir, force, tracker)
         base = lifecycle.execute(evaluation.BASELINE, cfg, artifacts.iteration_dir(run_dir, 0), force)
         tracker.log(0, "eval", base)
-        print(f"[iter 0] {evaluation.BASELINE.summary(base)}", flush=True)
+        print(f"[iter 0] {evaluation.BASELINE.summary(base)} [{timing(base)}]", flush=True)
         for k in range(1, cfg.run.iterations + 1):
             if (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() and not force:
                 print(f"[iter {k}] already concluded, skipped", flush=True)

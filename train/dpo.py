@@ -231,5 +231,8 @@ def _summary(trainer, result, n_pairs: int, parent: str | None) -> dict:
             "loss_mean": round(result.training_loss, 6), "reward_accuracy_mean": mean("rewards/accuracies"),
             "reward_margin_last": last("rewards/margins"),
             "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+            # TRL's count of the tokens trained on (prompt and both answers, every rank) per second of training
+            "tokens_per_s": round(values("num_tokens")[-1] / max(result.metrics.get("train_runtime", 0.0), 1e-9), 1)
+            if values("num_tokens") else None,
             "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 3),
             "world_size": trainer.accelerator.num_processes, "precision": "bf16" if trainer.args.bf16 else "fp32", "reference": parent or "M0 (adapter disabled)"}

@@ -42,6 +42,7 @@ def summary(m: dict) -> str:
 
     return (f"train: {x['pairs']} pairs, {x['steps']} steps, loss {f('loss_first')} -> {f('loss_last')}, "
             f"reward accuracy {f('reward_accuracy_mean')}, {x['samples_per_s']} samples/s "
+            f"({x.get('tokens_per_s') or 'n/a'} tokens/s) "
             f"on {x['world_size']} process(es), {x.get('precision', 'fp32')}")
 
 

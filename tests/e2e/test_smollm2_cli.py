@@ -114,6 +114,12 @@ def test_full_iteration_artifacts(run_a):
     logged = [(r["iteration"], r["stage"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
     assert logged == [(0, "eval")] + [(k, s) for k in (1, 2) for s in ("data_gen", "judge", "train", "eval")]
     assert "[iter 1] gate: promoted" in stdout and "[iter 2] judge (logprob" in stdout
+    # every stage's summary line ends with its wall time and throughput (inference or training tokens/s)
+    for stage in ("data_gen", "judge", "eval"):
+        assert re.search(rf"^\[iter 1\] {stage}.*\[\d+s, \d+ generated tokens/s, \d+ tokens/s in all\]$", stdout, re.M), stdout
+        tokens = json.loads((run_dir / "iter_001" / stage / "manifest.json").read_text())["tokens"]
+        assert tokens["prompt"] > 0 and tokens["per_s"] > 0
+    assert re.search(r"^\[iter 1\] train: .*\[\d+s, \d+ training tokens/s\]$", stdout, re.M), stdout
 
     # iteration 2 starts from M1: it generates and judges through adapter 1 and is compared with M1's probes
     lineage = read_json(run_dir / "iter_002/lineage.json")
