@@ -102,7 +102,10 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, dtype=self.dtype, max_model_len=cfg.max_model_len,
                        trust_remote_code=cfg.trust_remote_code, enable_lora=True, max_lora_rank=max_lora_rank,
                        max_loras=2, seed=0, tensor_parallel_size=cfg.tensor_parallel_size,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, enable_prefix_caching=False,
+                       gpu_memory_utilization=cfg.gpu_memory_utilization,
+                       # the N samples of a prompt (and the k judgments of a response) share its prefill;
+                       # each sample still follows its own seed (tests/integration/test_engines.py)
+                       enable_prefix_caching=True,
                        # a chunked prefill of a seeded request rewinds its generator's offset, which CPU
                        # generators cannot do ("CPU Generator does not use offset"); whole prefills avoid it
                        enable_chunked_prefill=False, max_num_batched_tokens=max(8192, cfg.max_model_len))

@@ -37,6 +37,17 @@ def test_vllm_sampling_is_seeded_per_request(vllm_engine):
     assert all(c.n_tokens <= 12 and c.finish_reason in ("stop", "length") for c in a)
 
 
+def test_samples_sharing_a_prompt_prefill_follow_their_own_seeds(vllm_engine):
+    """Prefix caching: N samples of one long prompt share its prefill, and each equals the sample its seed gives
+    alone (cache cold) or beside other prompts."""
+    long = [{"role": "user", "content": "Tell me about rivers and the sea. " * 30}]
+    sp = Sampling(temperature=1.0, top_p=1.0, max_tokens=12)
+    alone = [vllm_engine.generate([Request(long, seed=s)], sp)[0].text for s in (4, 5, 6)]
+    shared = vllm_engine.generate([Request(long, seed=s) for s in (6, 5, 4)] * 3 + [Request(MSG, seed=4)], sp)
+    assert [c.text for c in shared[:9]] == alone[::-1] * 3
+    assert len(set(alone)) > 1
+
+
 def test_vllm_serves_lora_adapter(vllm_engine, adapter_dir):
     sp = Sampling(temperature=0.0, max_tokens=12)
     base, lora, base2 = vllm_engine.generate(
