@@ -39,11 +39,17 @@ def _pairs(path: str, n: int) -> list[dict]:
     files = [Path(p) for p in path.split(",")]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
-        sys.exit(f"bench/dpo.py: pairs file not found: {', '.join(missing)}")
+        _fail(f"pairs file not found: {', '.join(missing)}")
     rows = [r for p in files for r in read_jsonl(p)]
     if len(rows) < n:
-        sys.exit(f"bench/dpo.py: {path} holds {len(rows)} pairs, fewer than --n {n}")
+        _fail(f"{path} holds {len(rows)} pairs, fewer than --n {n}")
     return rows[:n]
+
+
+def _fail(message: str) -> None:
+    """A user's mistake: one line on stderr, exit 2, before any model loads."""
+    print(f"bench/dpo.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _tokens(cfg, rows) -> int:
@@ -128,7 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.n < 1:
-        sys.exit("bench/dpo.py: --n must be at least 1")
+        _fail("--n must be at least 1")
     rows = _pairs(args.pairs, args.n)  # a missing file or too few pairs: one line, before any model loads
     if args.side:
         print("RESULT " + json.dumps(run_side(args.side, args)), flush=True)
