@@ -44,8 +44,11 @@ def build_dpo_config(cfg: Config, output_dir: str):
         bf16=use_bf16(t.precision), use_cpu=not cuda, dataloader_num_workers=0,
         disable_tqdm=False, lr_scheduler_type="cosine", warmup_steps=0,
         # the reference (M(k-1)) scores every pair once before training, in batches larger than the training
-        # batch, instead of once per step; batches of similar lengths cut padding (see _Trainer)
-        precompute_ref_log_probs=True, precompute_ref_batch_size=4 * t.per_device_train_batch_size,
+        # batch, instead of once per step; batches of similar lengths cut padding (see _Trainer). Not under
+        # ZeRO-3: forward passes before training (adapter disabled) leave DeepSpeed's parameter-fetch trace
+        # out of step with training's, and the first training step fails ("pop from an empty deque")
+        precompute_ref_log_probs=os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") != "3",
+        precompute_ref_batch_size=4 * t.per_device_train_batch_size,
         train_sampling_strategy="group_by_length",
     )
     kwargs.update(t.dpo_overrides)
