@@ -104,7 +104,9 @@ class VLLMEngine:
                        max_loras=2, seed=0, tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization,
                        # the N samples of a prompt (and the k judgments of a response) share its prefill;
-                       # each sample still follows its own seed (tests/integration/test_engines.py)
+                       # each sample still follows its own seed (tests/integration/test_engines.py). The cache is
+                       # emptied before every call (_fresh_cache), so what a call computes never depends on
+                       # earlier calls: a resumed run recomputes its shards bit for bit
                        enable_prefix_caching=True,
                        # a chunked prefill of a seeded request rewinds its generator's offset, which CPU
                        # generators cannot do ("CPU Generator does not use offset"); whole prefills avoid it
@@ -112,6 +114,13 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self._adapters = _AdapterIds(model_path)
         self.model_path, self.cfg = model_path, cfg
+
+    def _fresh_cache(self) -> None:
+        """Share prefills within one call only. Across calls, a cached prefix (the chat template's system turn,
+        a constitution) would carry the bf16 rounding of whichever earlier batch computed it, so a shard's
+        results would depend on which shards ran before it in this process, and a resumed run would differ."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not empty its prefix cache (requests still running?)")
 
     def _lora(self, path: str | None):
         if path is None:
@@ -130,6 +139,7 @@ class VLLMEngine:
 
         if not requests:
             return []
+        self._fresh_cache()
         structured = StructuredOutputsParams(regex=sampling.regex) if sampling.regex else None
         params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, seed=r.seed,
@@ -163,6 +173,7 @@ class VLLMEngine:
 
         if not requests:
             return []
+        self._fresh_cache()
         prompts, tails = [], []
         for r in requests:
             head_ids, tail_ids = _score_ids(self.tokenizer, r)
