@@ -11,7 +11,8 @@ Sides, each repetition in a fresh process (model load not timed, one warm-up cal
   the recipe, small random weights), fixed workload only: its speed against `engine`'s base-model speed;
 - `vllm`: `vllm.LLM(model)` with default settings (dtype from the checkpoint, its own scheduler defaults, prefix
   caching, chunked prefill, the engine core in its own process), except the CPU KV-cache size, which is set
-  to the engine's (vLLM's default reserves 92% of the machine's memory and fails to start beside anything);
+  to the engine's (vLLM's default reserves 92% of the machine's memory and fails to start beside anything),
+  and without per-request seeds (its default chunked prefill fails seeded requests on CPU);
 - `transformers`: `generate` on left-padded batches, same dtype; the batch size is picked from --hf-batches
   by a sweep in the first repetition (its best), then kept.
 
@@ -110,8 +111,10 @@ def run_side(side: str, args) -> dict:
         llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
         for name, (reqs, temp, top_p, max_tokens, ignore_eos) in work.items():
             texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m, _ in reqs]
-            params = [SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=s,
-                                     ignore_eos=ignore_eos) for _, s in reqs]
+            # no per-request seeds: with its default chunked prefill, vLLM's CPU build fails seeded requests
+            # ("CPU Generator does not use offset"), the reason the engine turns chunked prefill off
+            params = [SamplingParams(temperature=temp, top_p=top_p, max_tokens=max_tokens,
+                                     ignore_eos=ignore_eos) for _ in reqs]
             t = time.perf_counter()
             outs = llm.generate(texts, params, use_tqdm=False)
             out[name] = {"wall_s": time.perf_counter() - t,
