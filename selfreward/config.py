@@ -454,29 +454,12 @@ def check_inputs(cfg: Config, origin: str, offline_hub_ok: bool = False) -> None
         raise RecipeError(f"{origin}: launch.accelerate_config: file not found: {cfg.launch.accelerate_config}")
     if cfg.launch.accelerate_config:
         _check_accelerate_config(cfg.launch.accelerate_config, origin)
-    if cfg.launch.accelerate_config:
-        _check_accelerate_config(cfg.launch.accelerate_config, origin)
     for section, key in TOKEN_BUDGETS:
         budget = getattr(getattr(cfg, section), key)
         if budget >= cfg.model.max_model_len:
             raise RecipeError(f"{origin}: {section}.{key}: {budget} tokens do not fit in model.max_model_len="
                               f"{cfg.model.max_model_len} (the prompt needs room too)")
     _check_output_dir(cfg.run_dir(), origin)
-
-
-def _check_accelerate_config(path: str, origin: str) -> None:
-    """ZeRO-3 shards the LoRA weights too: without gathering them at save, transformers writes an empty adapter
-    (and a DeepSpeed checkpoint instead), which selfreward would then serve as the trained model."""
-    try:
-        launch = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{origin}: launch.accelerate_config: {path}: invalid YAML ({getattr(e, 'problem', e)})") \
-            from None
-    ds = launch.get("deepspeed_config") if isinstance(launch, dict) else None
-    if isinstance(ds, dict) and launch.get("distributed_type") == "DEEPSPEED" and str(ds.get("zero_stage")) == "3" \
-            and not ds.get("zero3_save_16bit_model"):
-        raise RecipeError(f"{origin}: launch.accelerate_config: {path}: ZeRO-3 needs deepspeed_config."
-                          f"zero3_save_16bit_model: true (the LoRA adapter is gathered from its shards to be saved)")
 
 
 def _check_accelerate_config(path: str, origin: str) -> None:
