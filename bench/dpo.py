@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "dpo.json"
+sys.path.insert(0, str(ROOT / "bench"))
+from generation import _machine  # noqa: E402  (the benches describe the machine alike)
 
 
 def _pairs(path: str, n: int) -> list[dict]:
@@ -180,14 +182,6 @@ def main() -> None:
               f"{', '.join(f'{x:.4f}' for x in r['final_loss'])} | {', '.join(f'{x:.4f}' for x in r['mean_loss'])} |")
     if speedup:
         print(f"\nselfreward train stage: {speedup:.2f}x TRL's default throughput")
-
-
-def _machine() -> str:
-    try:
-        name = next(x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name"))
-    except (OSError, StopIteration):
-        name = "unknown CPU"
-    return f"{name}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
