@@ -455,6 +455,8 @@ def check_inputs(cfg: Config, origin: str, offline_hub_ok: bool = False) -> None
     if cfg.launch.accelerate_config:
         _check_accelerate_config(cfg.launch.accelerate_config, origin)
     for section, key in TOKEN_BUDGETS:
+        if section == "sft" and not cfg.sft.enabled:
+            continue  # a section that does not run does not constrain the model
         budget = getattr(getattr(cfg, section), key)
         if budget >= cfg.model.max_model_len:
             raise RecipeError(f"{origin}: {section}.{key}: {budget} tokens do not fit in model.max_model_len="

@@ -94,3 +94,11 @@ def test_seed_ids_must_be_unique(tmp_path, recipe_data):
         '{"id": "a", "instruction": "x y z w"}\n{"id": "a", "instruction": "u v w x"}\n')
     with pytest.raises(RecipeError, match=r"line 2 repeats the id 'a'"):
         load(tmp_path, recipe_data)
+
+
+def test_token_budgets_must_fit_the_context_only_for_sections_that_run(tmp_path, recipe_data):
+    """sft.max_length (1024 by default) constrains model.max_model_len only when the SFT bootstrap runs."""
+    cfg = load(tmp_path, recipe_data, "model.max_model_len=512", "train.max_length=256")
+    assert not cfg.sft.enabled and cfg.sft.max_length >= 512
+    with pytest.raises(config.RecipeError, match=r"train\.max_length: 600 tokens do not fit in model\.max_model_len=512"):
+        load(tmp_path, recipe_data, "model.max_model_len=512", "train.max_length=600")
