@@ -246,6 +246,9 @@ class HFEngine:
         for r in requests:
             text = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
             ids = self.tokenizer(text + r.prefill, add_special_tokens=False, return_tensors="pt")
+            # load the adapter before seeding: PEFT initialises new LoRA weights from the global RNG, so seeding
+            # first would give a process's first request with each adapter a different sample than later ones
+            self._use(r.adapter)
             torch.manual_seed(r.seed)
             kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id,
                           output_logits=True, return_dict_in_generate=True)

@@ -99,9 +99,7 @@ def _upstream_copy(reference: Path, dest: Path, stage: str) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.xfail(
-    reason="known defect, open: a kill early in eval can leave eval/probes.jsonl differing by a byte after the "
-           "rerun (seen with SELFREWARD_KILL_SEED=1228139888)", strict=False)) if s == "eval" else s for s in STAGES])
+@pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_at_a_random_point_then_rerun_reuses_finished_work(stage, recipe, reference, tmp_path):
     rng = random.Random(f"{SEED}-{stage}")
     print(f"kill seed {SEED} (SELFREWARD_KILL_SEED={SEED} reproduces it)")
