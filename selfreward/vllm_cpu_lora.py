@@ -1,10 +1,17 @@
-"""Grouped LoRA kernels for vLLM's CPU build.
+"""LoRA kernels for vLLM's CPU build: grouped by adapter, computed on row ranges, base rows untouched.
 
 vLLM's torch reference ops (used by its CPU punica wrapper) gather one LoRA weight matrix per token
-(`lora_weights[indices]` -> [tokens, out, in]) and contract with einsum. For a prefill of thousands of tokens
-that materialises gigabytes and makes a LoRA request several times slower than the base model. The
-replacements below compute exactly the same products, one matmul per distinct adapter index in the batch
-(indexing, including -1, follows the original). bench/lora_cpu.py measures both.
+(`lora_weights[indices]` -> [tokens, out, in]) and contract with einsum, and each sgmv_* call first expands
+the per-request indices to per-token ones. For a prefill that materialises gigabytes, and in decode their
+per-call overhead (gather, repeat_interleave, index_put) made a LoRA request about half as fast as the base
+model. The replacements below compute the same products as one matmul per run of consecutive rows that share
+an adapter, writing into row (and column) ranges of the output in place. bench/lora_cpu.py and
+bench/generation.py measure them.
+
+Rows whose index is -1 use no adapter: they get no delta (shrink writes zeros for them). The stock torch ops
+index the stacked weights with -1, which is the last adapter slot: once both slots held an adapter, base rows
+beside an adapter's rows picked up the other adapter (tests/integration/test_engines.py catches it); vLLM's
+GPU kernels skip -1 as done here.
 
 Prompt log-probabilities: vLLM computes them by passing one request's prompt hidden states (one row per prompt
 token) through the LoRA logits processor, whose mapping (`sampler_indices`) has one entry per request of the
@@ -17,57 +24,125 @@ from __future__ import annotations
 import torch
 
 
-def _lora_products(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-                   dtype: torch.dtype) -> torch.Tensor:
-    if weights.dim() == 4:
-        weights = weights.squeeze(1)
-    inputs = inputs.to(dtype)
-    if indices.numel() == 1 and inputs.shape[0] != 1:  # one index shared by every row
-        indices = indices.expand(inputs.shape[0])
-    if indices.numel() != inputs.shape[0]:  # prompt logprobs through the LM head (see the module docstring)
-        if torch.count_nonzero(weights):
-            raise RuntimeError("prompt log-probabilities through a LoRA adapter on the LM head are not supported "
-                               "on vLLM's CPU build (no row-to-adapter mapping); train adapters without lm_head")
-        return inputs.new_zeros((inputs.shape[0], weights.shape[1]))
-    out = inputs.new_empty((inputs.shape[0], weights.shape[1]))
-    for idx in torch.unique(indices).tolist():
-        rows = (indices == idx).nonzero(as_tuple=True)[0]
-        out[rows] = inputs[rows] @ weights[idx].to(dtype).T
-    return out
+def _runs(indices: torch.Tensor, rows: int) -> list[tuple[int, int, int]]:
+    """(adapter index, first row, end row) for each run of consecutive rows that share an index."""
+    if indices.numel() == 1:  # one index shared by every row
+        return [(int(indices.item()), 0, rows)]
+    if indices.numel() != rows:  # prompt logprobs through the LM head (see the module docstring)
+        return []
+    values, counts = torch.unique_consecutive(indices, return_counts=True)
+    runs, start = [], 0
+    for idx, n in zip(values.tolist(), counts.tolist()):
+        runs.append((idx, start, start + n))
+        start += n
+    return runs
+
+
+def _meta_runs(b_seq_start_loc: torch.Tensor, seq_len_tensor: torch.Tensor,
+               lora_indices_tensor: torch.Tensor) -> list[tuple[int, int, int]]:
+    """The same from the prefill metadata, which already merges consecutive rows of one adapter."""
+    return [(idx, s, s + n) for idx, s, n in zip(lora_indices_tensor.tolist(), b_seq_start_loc.tolist(),
+                                                  seq_len_tensor.tolist())]
+
+
+def _weights(stacked: torch.Tensor, idx: int, dtype: torch.dtype) -> torch.Tensor:
+    w = stacked[idx]
+    return (w[0] if w.dim() == 3 else w).to(dtype)
+
+
+def _lm_head_rows(inputs, weights, indices) -> bool:
+    """True on the prompt-logprob LM-head path (rows without a mapping), after checking it is harmless."""
+    if indices.numel() in (1, inputs.shape[0]):
+        return False
+    if torch.count_nonzero(weights):
+        raise RuntimeError("prompt log-probabilities through a LoRA adapter on the LM head are not supported "
+                           "on vLLM's CPU build (no row-to-adapter mapping); train adapters without lm_head")
+    return True
+
+
+def _shrink(inputs, weights, output, runs, scaling: float) -> None:
+    out = output[:, : weights.shape[-2]]
+    for idx, start, end in runs:
+        dst = out[start:end]
+        if idx < 0:
+            dst.zero_()
+            continue
+        dst.copy_(inputs[start:end].to(output.dtype) @ _weights(weights, idx, output.dtype).T)
+        if scaling != 1.0:
+            dst.mul_(scaling)
+
+
+def _expand(inputs, weights, out, runs, add_inputs: bool) -> None:
+    """out[rows] (+)= inputs[rows] @ W.T per run; out is already the column range to write."""
+    for idx, start, end in runs:
+        dst = out[start:end]
+        if idx < 0:
+            if not add_inputs:
+                dst.zero_()
+            continue
+        w = _weights(weights, idx, out.dtype)[: dst.shape[1]]
+        x = inputs[start:end].to(out.dtype)
+        if add_inputs:
+            dst.addmm_(x, w.T)
+        else:
+            torch.mm(x, w.T, out=dst) if dst.is_contiguous() else dst.copy_(x @ w.T)
 
 
 def bgmv_shrink(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
-    outputs = _lora_products(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+    if _lm_head_rows(inputs, lora_b_weights, lora_indices_tensor):
+        output_tensor[:, : lora_b_weights.shape[-2]] = 0
+        return
+    _shrink(inputs, lora_b_weights, output_tensor, _runs(lora_indices_tensor, inputs.shape[0]), scaling)
 
 
 def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs: bool = True):
-    outputs = _lora_products(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    limit = output_tensor.shape[0]
-    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
-        limit = 1
-    common_len = min(outputs.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :common_len] += outputs[:limit, :common_len]
-    else:
-        output_tensor[:, :common_len] = outputs[:limit, :common_len]
+    if _lm_head_rows(inputs, lora_b_weights, lora_indices_tensor):
+        if not add_inputs:
+            output_tensor.zero_()
+        return
+    common_len = min(lora_b_weights.shape[-2], output_tensor.shape[1])
+    out = output_tensor[:, :common_len]
+    if inputs.shape[0] == 1 and out.shape[0] != 1:  # as the stock op: one input row is broadcast to every row
+        delta = out.new_zeros((1, common_len))
+        _expand(inputs, lora_b_weights, delta, _runs(lora_indices_tensor[:1], 1), False)
+        out.add_(delta) if add_inputs else out.copy_(delta.expand_as(out))
+        return
+    _expand(inputs, lora_b_weights, out, _runs(lora_indices_tensor, inputs.shape[0]), add_inputs)
 
 
 def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset: int,
                       slice_size: int, add_inputs: bool = True):
-    outputs = _lora_products(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset: slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset: slice_offset + slice_size] = outputs
+    _expand(inputs, lora_b_weights, output_tensor[:, slice_offset: slice_offset + slice_size],
+            _runs(lora_indices_tensor, inputs.shape[0]), add_inputs)
+
+
+def sgmv_shrink(inputs, lora_a_weights, output_tensor, b_seq_start_loc, seq_len_tensor, lora_indices_tensor,
+                batches, max_seq_length, token_nums, scaling):
+    _shrink(inputs, lora_a_weights, output_tensor, _meta_runs(b_seq_start_loc, seq_len_tensor, lora_indices_tensor),
+            scaling)
+
+
+def sgmv_expand(inputs, lora_b_weights, output_tensor, b_seq_start_loc, seq_len_tensor, lora_indices_tensor,
+                batches, max_seq_length, token_nums, add_inputs=False):
+    common_len = min(lora_b_weights.shape[-2], output_tensor.shape[1])
+    _expand(inputs, lora_b_weights, output_tensor[:, :common_len],
+            _meta_runs(b_seq_start_loc, seq_len_tensor, lora_indices_tensor), add_inputs)
+
+
+def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, seq_len_tensor, lora_indices_tensor,
+                      batches, max_seq_length, token_nums, slice_offset, slice_size, add_inputs=False):
+    _expand(inputs, lora_b_weights, output_tensor[:, slice_offset: slice_offset + slice_size],
+            _meta_runs(b_seq_start_loc, seq_len_tensor, lora_indices_tensor), add_inputs)
+
+
+_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
 def install() -> None:
-    """Swap the kernels in the modules that call them (the sgmv_* variants call the module-level bgmv_*)."""
+    """Swap the kernels in the modules that call them."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
     for module in (lora_ops, punica_cpu):
-        module.bgmv_shrink = bgmv_shrink
-        module.bgmv_expand = bgmv_expand
-        module.bgmv_expand_slice = bgmv_expand_slice
+        for name in _OPS:
+            setattr(module, name, globals()[name])

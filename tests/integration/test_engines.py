@@ -23,6 +23,22 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def second_adapter_dir(tiny_model_dir, tmp_path_factory):
+    """Another adapter of the same base (every module the recipes train), for batches that hold two."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=32, init_lora_weights=False, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    out = tmp_path_factory.mktemp("adapter2")
+    lora.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
 def vllm_engine(tiny_model_dir):
     return VLLMEngine(str(tiny_model_dir), ModelCfg(dtype="float32", max_model_len=512, kv_cache_gib=1), 16)
 
@@ -80,6 +96,25 @@ def test_score_matches_between_engines_and_sees_adapter(vllm_engine, tiny_model_
     for g, a, w in zip(got, again, want):
         assert g == pytest.approx(w, abs=1e-4)
         assert a == pytest.approx(w, abs=1e-4)
+
+
+def test_base_rows_beside_an_adapter_ignore_the_other_lora_slot(vllm_engine, tiny_model_dir, adapter_dir,
+                                                                 second_adapter_dir):
+    """With both LoRA slots filled (eval scores a candidate, then its parent), a batch of base rows beside an
+    adapter's rows gives each row its own model: a base row (index -1) must not pick up the last slot's adapter,
+    in prefill (scoring) or in decode (generation)."""
+    hf = HFEngine(str(tiny_model_dir), ModelCfg(engine="hf", dtype="float32"))
+    for a in (adapter_dir, second_adapter_dir, adapter_dir):  # both slots hold an adapter from here on
+        vllm_engine.score([ScoreRequest(MSG, "Blue.", a)])
+    for a in (adapter_dir, second_adapter_dir):
+        reqs = [ScoreRequest(MSG, "Blue, like the sky.", x) for x in (a, None, a, None)]
+        got, want = vllm_engine.score(reqs), hf.score(reqs)
+        for g, w in zip(got, want):
+            assert g == pytest.approx(w, abs=1e-4)
+        assert sum(got[0]) != pytest.approx(sum(got[1]), abs=1e-2)
+        sp = Sampling(temperature=0.0, max_tokens=8)
+        gen = [Request(MSG, 0, x) for x in (a, None, None)]
+        assert [c.text for c in vllm_engine.generate(gen, sp)] == [c.text for c in hf.generate(gen, sp)]
 
 
 def test_hf_engine_greedy_agrees_with_vllm(vllm_engine, tiny_model_dir, adapter_dir):
