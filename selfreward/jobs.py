@@ -96,8 +96,9 @@ def run_stage(cfg, name: str, k: int, force: bool) -> str:
         if (iter_dir / "outcome.json").exists() and not force:
             return f"iteration {k} is already concluded; {name} has nothing to do"
         stages = {s.name: s for s in loop._stages()}
-        if name == "eval" and not (artifacts.iteration_dir(run_dir, 0) / "eval" / "manifest.json").exists():
-            raise RecipeError(f"{run_dir}: run the baseline stage (iteration 0) first")
+        # judge reads M0's probe answers (its consistency set), eval compares against M0's metrics
+        if name in ("judge", "eval") and not (artifacts.iteration_dir(run_dir, 0) / "eval" / "manifest.json").exists():
+            raise RecipeError(f"{run_dir}: run the baseline stage (iteration 0) before {name}")
         for up in stages[name].upstream:
             if not (iter_dir / up / "manifest.json").exists():
                 raise RecipeError(f"{iter_dir}: stage {up} has not finished; run it before {name}")

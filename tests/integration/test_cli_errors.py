@@ -59,3 +59,19 @@ def test_validate_ok_and_status_of_missing_run(tmp_path, recipe_data, cli, write
     assert out.returncode == 0 and ": ok (1 iterations" in out.stdout
     out = cli("status", tmp_path / "nothing")
     assert out.returncode == 2 and "not a run directory" in out.stderr
+
+
+def test_stage_job_before_the_baseline_is_one_line_and_computes_nothing(tmp_path, recipe_data, write_recipe):
+    """`python -m selfreward.jobs stage R judge 1` (what stage.sbatch runs) before the baseline: judge needs M0's
+    probe answers and eval M0's metrics. It used to judge every response, then fail with a traceback."""
+    import subprocess
+    import sys
+
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_data)
+    for stage in ("judge", "eval"):
+        out = subprocess.run([sys.executable, "-m", "selfreward.jobs", "stage", str(recipe), stage, "1"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"run the baseline stage (iteration 0) before {stage}" in lines[0], lines
+        assert not (tmp_path / "runs" / "t" / "iter_001").exists()
