@@ -135,14 +135,45 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
             _meta_runs(b_seq_start_loc, seq_len_tensor, lora_indices_tensor), add_inputs)
 
 
+def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):
+    """PunicaWrapperCPU.add_lora_linear, one module at a time: y[:, slice i] += (x @ A_i.T * scale) @ B_i.T.
+
+    The stock method runs a shrink and an expand per slice (q, k and v are three; gate and up two), each with
+    its own index handling and a zeroed float32 buffer. Here the row runs are read once per module, the slices'
+    A matrices share one float32 shrink (the stock precision), and each slice's expand adds into y in place."""
+    if self.is_prefill and self.no_lora:
+        return None
+    x = x.view(-1, x.shape[-1])
+    out = y.view(-1, y.shape[-1])
+    runs = (_meta_runs(*self.prefill_metadata[:3]) if self.is_prefill
+            else _runs(self.token_lora_indices, x.shape[0]))
+    rank = lora_a_stacked[0].shape[-2]
+    for idx, start, end in runs:
+        if idx < 0:
+            continue
+        a = torch.cat([_weights(w, idx, torch.float32) for w in lora_a_stacked]) if len(lora_a_stacked) > 1 \
+            else _weights(lora_a_stacked[0], idx, torch.float32)
+        t = torch.mm(x[start:end].to(torch.float32), a.T)
+        if scale != 1.0:
+            t.mul_(scale)
+        t = t.to(out.dtype)
+        offset = 0
+        for i, (w, size) in enumerate(zip(lora_b_stacked, output_slices)):
+            out[start:end, offset: offset + size].addmm_(t[:, i * rank: (i + 1) * rank],
+                                                         _weights(w, idx, out.dtype).T)
+            offset += size
+    return None
+
+
 _OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
 def install() -> None:
-    """Swap the kernels in the modules that call them."""
+    """Swap the kernels in the modules that call them, and the CPU wrapper's per-module LoRA method."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
     for module in (lora_ops, punica_cpu):
         for name in _OPS:
             setattr(module, name, globals()[name])
+    punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear
