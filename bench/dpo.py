@@ -109,7 +109,10 @@ def run_side(side: str, args) -> dict:
             args=DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=t.per_device_train_batch_size,
                            gradient_accumulation_steps=t.gradient_accumulation_steps,
                            num_train_epochs=t.num_train_epochs, learning_rate=t.learning_rate, beta=t.beta,
-                           seed=args.seed, report_to=[], save_strategy="no", logging_steps=1),
+                           seed=args.seed, report_to=[], save_strategy="no", logging_steps=1,
+                           # TRL defaults to bf16, which transformers refuses without a GPU unless told use_cpu
+                           # (what its error says to do); bf16 autocast then runs on the CPU
+                           use_cpu=not torch.cuda.is_available()),
             peft_config=LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                    target_modules=t.lora_target_modules, task_type="CAUSAL_LM"))
         trainer.train()
