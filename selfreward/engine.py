@@ -246,10 +246,6 @@ class HFEngine:
         for r in requests:
             text = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
             ids = self.tokenizer(text + r.prefill, add_special_tokens=False, return_tensors="pt")
-            # load the adapter before seeding: PEFT initialises new LoRA weights from the global RNG, so seeding
-            # first would give a process's first request with each adapter a different sample than later ones
-            self._use(r.adapter)
-            torch.manual_seed(r.seed)
             kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id,
                           output_logits=True, return_dict_in_generate=True)
             if sampling.ignore_eos:
@@ -258,8 +254,15 @@ class HFEngine:
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             else:
                 kwargs.update(do_sample=False)
+
+            def sample(model):
+                # seeded once the adapter is loaded: PEFT draws a new adapter's initial LoRA weights from the
+                # global RNG, so seeding before would change the first sample of each adapter in a process
+                torch.manual_seed(r.seed)
+                return model.generate(**ids, **kwargs)
+
             with torch.no_grad():
-                gen = self._call(r.adapter, lambda m: m.generate(**ids, **kwargs))
+                gen = self._call(r.adapter, sample)
             new = gen.sequences[0, ids["input_ids"].shape[1]:].tolist()
             _count(ids["input_ids"].shape[1], len(new))
             finished = bool(new) and new[-1] == self.tokenizer.eos_token_id
