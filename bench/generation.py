@@ -7,6 +7,8 @@ Workloads (the embedded model, the demo recipe's sampling settings):
 
 Sides, each repetition in a fresh process (model load not timed, one warm-up call):
 - `engine`: `selfreward.engine.VLLMEngine` with the recipe's model section (what the loop runs);
+- `engine-stock-ops`: the same engine with vLLM's own op dispatch for RMSNorm and rotary embeddings
+  (`SELFREWARD_STOCK_CPU_OPS=1`, eager torch ops on CPU with LoRA enabled): what `selfreward.vllm_cpu_ops` gains;
 - `engine-lora`: the same engine serving a LoRA adapter on every target module the recipe trains (rank as in
   the recipe, small random weights), fixed workload only: its speed against `engine`'s base-model speed;
 - `vllm`: `vllm.LLM(model)` with default settings (dtype from the checkpoint, its own scheduler defaults, prefix
@@ -86,7 +88,9 @@ def run_side(side: str, args) -> dict:
     if side == "engine-lora":
         work = {"fixed": work["fixed"]}
     out = {}
-    if side in ("engine", "engine-lora"):
+    if side == "engine-stock-ops":
+        os.environ["SELFREWARD_STOCK_CPU_OPS"] = "1"
+    if side in ("engine", "engine-lora", "engine-stock-ops"):
         from selfreward.engine import Request, Sampling, VLLMEngine
 
         rank = next(r for r in (16, 32, 64, 128, 256, 320, 512) if r >= cfg.train.lora_r)
@@ -272,7 +276,7 @@ def main() -> None:
     ratios = {}
     for w, sides in table.items():
         e = sides.get("engine", {}).get("tokens_per_s")
-        for other in ("vllm", "transformers"):
+        for other in ("engine-stock-ops", "vllm", "transformers"):
             if e and other in sides:
                 ratios[f"{w}: engine / {other}"] = e / sides[other]["tokens_per_s"]
     if "engine-lora" in table.get("fixed", {}) and "engine" in table.get("fixed", {}):

@@ -96,6 +96,12 @@ class VLLMEngine:
             from selfreward import vllm_cpu_lora
 
             vllm_cpu_lora.install()
+        cpu_ops = {}
+        if current_platform.is_cpu() and os.environ.get("SELFREWARD_STOCK_CPU_OPS") != "1":
+            from selfreward import vllm_cpu_ops
+
+            vllm_cpu_ops.install()
+            cpu_ops = vllm_cpu_ops.llm_kwargs()
         from selfreward.models import inference_dtype
 
         self.dtype = inference_dtype(cfg.dtype)
@@ -110,7 +116,8 @@ class VLLMEngine:
                        enable_prefix_caching=True,
                        # a chunked prefill of a seeded request rewinds its generator's offset, which CPU
                        # generators cannot do ("CPU Generator does not use offset"); whole prefills avoid it
-                       enable_chunked_prefill=False, max_num_batched_tokens=max(8192, cfg.max_model_len))
+                       enable_chunked_prefill=False, max_num_batched_tokens=max(8192, cfg.max_model_len),
+                       **cpu_ops)
         self.tokenizer = self.llm.get_tokenizer()
         self._adapters = _AdapterIds(model_path)
         self.model_path, self.cfg = model_path, cfg

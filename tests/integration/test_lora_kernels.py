@@ -5,10 +5,12 @@ computes it natively, float32 elsewhere), against transformers + PEFT.
 Compared: per-token log-probabilities of fixed completions (teacher forcing), base and adapter rows in one
 batch. Tolerance per dtype: float32 must agree with transformers float32 to 1e-4; bfloat16 rounds every
 product, so vLLM bf16 must be no further from the float32 reference than transformers' own bf16 is, with a
-margin of 2x plus 0.02 (different kernels round differently; neither is the exact answer).
+margin of 2x plus 0.02 (different kernels round differently; neither is the exact answer). The engine runs
+with the C++ RMSNorm and rotary kernels of `selfreward.vllm_cpu_ops`, so the same comparison covers them.
 """
 import pytest
 
+from selfreward import vllm_cpu_ops
 from selfreward.config import ModelCfg
 from selfreward.engine import HFEngine, ScoreRequest, VLLMEngine
 
@@ -49,6 +51,10 @@ def test_grouped_kernels_match_transformers_peft(dtype, tiny_model_dir, adapter_
     reqs = _requests(adapter_all)
     engine = VLLMEngine(str(tiny_model_dir), ModelCfg(dtype=dtype, max_model_len=512, kv_cache_gib=1), 16)
     try:
+        from vllm import ir
+
+        assert ir.ops.rms_norm.get_priority()[0] == vllm_cpu_ops.PROVIDER
+        assert "+rotary_embedding" in engine.llm.llm_engine.vllm_config.compilation_config.custom_ops
         got = engine.score(reqs)
     finally:
         del engine

@@ -1,0 +1,50 @@
+"""The C++ RMSNorm kernels registered for vLLM's CPU build, against vLLM's own native implementations, in each
+dtype the engine may pick on a CPU: float32 to 1e-5; bfloat16 to 1 bf16 unit in the last place of the output
+(native rounds twice, to bf16 before and after the weight; the kernel rounds once). Also: arguments the kernels
+do not take go to the native implementation, and the in-place form returns x + residual as the residual."""
+import pytest
+import torch
+
+from selfreward import vllm_cpu_ops
+
+ir = pytest.importorskip("vllm.ir")
+vllm_cpu_ops.install()
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}  # relative: bf16 keeps 8 significant bits
+
+
+def _close(got, want, dtype):
+    scale = want.float().abs().clamp(min=1.0)
+    return bool((((got.float() - want.float()).abs()) / scale).max() <= TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_vllm_native(dtype):
+    torch.manual_seed(0)
+    x, w = torch.randn(37, 576, dtype=dtype) * 3, torch.randn(576, dtype=dtype)
+    op = ir.ops.rms_norm
+    with op.set_priority([vllm_cpu_ops.PROVIDER, "native"]):
+        assert op.dispatch(x, w, 1e-5).provider == vllm_cpu_ops.PROVIDER
+        got = op(x, w, 1e-5)
+    want = op.impls["native"].impl_fn(x, w, 1e-5)
+    assert got.dtype == dtype and _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_add_rms_norm_matches_vllm_native_in_place(dtype):
+    torch.manual_seed(1)
+    x, r, w = torch.randn(5, 64, dtype=dtype), torch.randn(5, 64, dtype=dtype), torch.randn(64, dtype=dtype)
+    want_out, want_res = ir.ops.fused_add_rms_norm.impls["native"].impl_fn(x.clone(), r.clone(), w, 1e-6)
+    x2, r2 = x.clone(), r.clone()
+    out, res = vllm_cpu_ops.fused_add_rms_norm(x2, r2, w, 1e-6)
+    assert out.data_ptr() == x2.data_ptr() and res.data_ptr() == r2.data_ptr()  # in place, as registered
+    assert _close(out, want_out, dtype) and _close(res, want_res, dtype)
+
+
+def test_arguments_the_kernel_does_not_take_fall_back_to_native():
+    x = torch.randn(4, 64)
+    op = ir.ops.rms_norm
+    with op.set_priority([vllm_cpu_ops.PROVIDER, "native"]):
+        assert op.dispatch(x, None, 1e-5).provider == "native"  # no weight
+        assert op.dispatch(x, torch.ones(64, dtype=torch.bfloat16), 1e-5).provider == "native"  # weight dtype
+        assert op.dispatch(x, torch.ones(64), 1e-5, 32).provider == "native"  # variance size
+        assert op.dispatch(torch.randn(64, 4).T, torch.ones(64), 1e-5).provider == "native"  # strided
