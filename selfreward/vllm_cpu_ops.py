@@ -1,5 +1,6 @@
-"""vLLM's own C++ CPU kernels for RMSNorm and rotary embeddings, which its CPU build leaves unused with LoRA.
+"""Faster vLLM CPU decode steps: vLLM's own C++ RMSNorm and rotary kernels, and top-p without a full sort.
 
+**Kernels.** 
 With LoRA enabled, vLLM's CPU platform turns compilation off (`CompilationMode.NONE`), but it keeps the custom
 ops off too (`custom_ops: ['none']`, the setting meant for an inductor-compiled graph, which would fuse them), and
 its IR dispatch offers the C++ RMSNorm to GPUs only. Every decode step then runs RMSNorm and rotary embeddings as
@@ -9,16 +10,28 @@ registers the RMSNorm ones as a CPU provider of vLLM's IR ops, and `llm_kwargs` 
 and to use the rotary custom op. Arguments the kernels do not take (a variance size, a weight of another dtype
 or none, strided inputs) fall back to vLLM's native implementation.
 
-`bench/generation.py` measures the effect; `tests/integration/test_engines.py` checks, in float32, that vLLM
-with these kernels and transformers give the same log-probabilities. `SELFREWARD_STOCK_CPU_OPS=1` keeps vLLM's
-defaults.
+**Top-p.** vLLM's CPU sampler applies top-p by sorting every row's logits over the whole vocabulary at every
+step (`apply_top_k_top_p_pytorch`): at batch 128 on the 49k-token vocabulary of the demo model that sort took
+longer than the model's forward pass. `top_p` here takes the K largest logits of each row (`topk`), and
+when their probability mass reaches p, the nucleus lies within them: it keeps the tokens whose descending
+exclusive prefix mass is below p (the same rule as vLLM's ascending `cumsum <= 1 - p` mask) and masks every
+logit below the last kept one. Rows whose top K do not reach p (flat distributions) go to vLLM's sort. Each row
+is computed on its own, so a sample still depends only on its request and seed. Ties at the boundary are all
+kept (vLLM keeps whichever the sort puts first).
+
+`bench/generation.py` measures the effect (side `engine-stock-ops`); `tests/unit/test_vllm_cpu_ops.py` checks
+the kernels and top-p against vLLM's own implementations, and `tests/integration/test_lora_kernels.py` that
+vLLM with these kernels and transformers give the same log-probabilities in float32.
+`SELFREWARD_STOCK_CPU_OPS=1` keeps vLLM's defaults.
 """
 from __future__ import annotations
 
 import torch
 
 PROVIDER = "selfreward_cpu"
+TOP_P_CANDIDATES = 256  # K: the nucleus of nearly every row of a sampled step lies within its 256 largest logits
 _installed = False
+_stock_top_k_top_p = None
 
 
 def _plain(x: torch.Tensor, weight: torch.Tensor | None, variance_size: int | None) -> bool:
@@ -39,6 +52,32 @@ def fused_add_rms_norm(x: torch.Tensor, x_residual: torch.Tensor, weight: torch.
     return x, x_residual
 
 
+def top_p(logits: torch.Tensor, p: torch.Tensor, candidates: int = TOP_P_CANDIDATES) -> torch.Tensor:
+    """Mask (in place, -inf) every logit outside its row's top-p nucleus; p: one value per row."""
+    k = min(candidates, logits.shape[-1])
+    top, _ = logits.topk(k, dim=-1)  # descending
+    probs = (top - torch.logsumexp(logits, dim=-1, keepdim=True)).exp()
+    before = probs.cumsum(dim=-1) - probs  # mass of the higher-ranked tokens
+    active = p < 1  # p = 1 keeps every token (a greedy or unfiltered row beside filtered ones)
+    covered = active & (probs.sum(dim=-1) >= p)  # the row's nucleus lies within its top k
+    kept = (before < p.unsqueeze(1)).sum(dim=-1).clamp(min=1)
+    floor = top.gather(1, (kept - 1).unsqueeze(1))
+    rows = covered.nonzero().squeeze(1)
+    if rows.numel():
+        sub = logits.index_select(0, rows)
+        logits.index_copy_(0, rows, sub.masked_fill_(sub < floor.index_select(0, rows), float("-inf")))
+    rest = (active & ~covered).nonzero().squeeze(1)
+    if rest.numel():
+        logits.index_copy_(0, rest, _stock_top_k_top_p(logits.index_select(0, rest), None, p.index_select(0, rest)))
+    return logits
+
+
+def _top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
+    if p is None or k is not None:  # top-k (with or without top-p): vLLM's path
+        return _stock_top_k_top_p(logits, k, p)
+    return top_p(logits, p)
+
+
 def install() -> None:
     """Register the CPU kernels as vLLM IR implementations (once per process, before `vllm.LLM`)."""
     global _installed
@@ -55,6 +94,11 @@ def install() -> None:
         PROVIDER, supported=True, inplace=True,
         supports_args=lambda x, x_residual, weight, epsilon, variance_size=None:
         _plain(x, weight, variance_size) and x_residual.is_contiguous())(fused_add_rms_norm)
+    from vllm.v1.sample.ops import topk_topp_sampler
+
+    global _stock_top_k_top_p
+    _stock_top_k_top_p = topk_topp_sampler.apply_top_k_top_p
+    topk_topp_sampler.apply_top_k_top_p = _top_k_top_p  # what the CPU sampler calls at each step
     _installed = True
 
 

@@ -48,3 +48,43 @@ def test_arguments_the_kernel_does_not_take_fall_back_to_native():
         assert op.dispatch(x, torch.ones(64, dtype=torch.bfloat16), 1e-5).provider == "native"  # weight dtype
         assert op.dispatch(x, torch.ones(64), 1e-5, 32).provider == "native"  # variance size
         assert op.dispatch(torch.randn(64, 4).T, torch.ones(64), 1e-5).provider == "native"  # strided
+
+
+def _rows():
+    """Peaked rows (nucleus of a few tokens), flat rows (nucleus beyond the top 256) and p = 1 rows."""
+    torch.manual_seed(2)
+    peaked = torch.randn(6, 4000) * 6
+    flat = torch.randn(3, 4000) * 0.1
+    logits = torch.cat([peaked, flat, torch.randn(2, 4000)])
+    p = torch.tensor([0.95, 0.9, 0.5, 0.99, 0.95, 0.8, 0.95, 0.9, 0.5, 1.0, 1.0])
+    return logits, p
+
+
+def test_top_p_keeps_the_same_tokens_as_vllms_sort():
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    logits, p = _rows()
+    want = apply_top_k_top_p_pytorch(logits.clone(), None, p.clone())
+    got = vllm_cpu_ops.top_p(logits.clone(), p.clone())
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(got)])  # kept logits are untouched
+    kept = (~torch.isinf(got)).sum(dim=1)
+    assert (kept[:6] < 256).all() and (kept[6:9] > 256).all()  # both paths ran: top-k and sort fallback
+    assert (kept[9:] == 4000).all()  # p = 1 masks nothing
+
+
+def test_top_p_of_a_row_does_not_depend_on_its_batch():
+    logits, p = _rows()
+    whole = vllm_cpu_ops.top_p(logits.clone(), p.clone())
+    for i in (0, 7, 10):
+        alone = vllm_cpu_ops.top_p(logits[i:i + 1].clone(), p[i:i + 1].clone())
+        assert torch.equal(alone[0], whole[i])
+
+
+def test_the_sampler_calls_the_replacement_and_top_k_stays_vllms():
+    from vllm.v1.sample.ops import topk_topp_sampler
+
+    assert topk_topp_sampler.apply_top_k_top_p is vllm_cpu_ops._top_k_top_p
+    logits = torch.randn(2, 100)
+    got = topk_topp_sampler.apply_top_k_top_p(logits.clone(), torch.tensor([5, 10]), None)
+    assert (~torch.isinf(got)).sum(dim=1).tolist() == [5, 10]
