@@ -20,31 +20,34 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def drift_responses(engine, cfg, adapter: str | None, shard_dir: Path, label: str) -> list[dict]:
-    probes = read_jsonl(cfg.eval.probes)
-    sampling = Sampling(temperature=cfg.eval.temperature, top_p=1.0, max_tokens=cfg.eval.max_tokens)
+def _items(name: str, rows: list[dict]) -> list[dict]:
+    """Work items of one probe set: what a response depends on besides the model and the recipe."""
+    return [{"set": name, "id": r["id"] if name == "probes" else str(r["key"]), "prompt": r["prompt"]} for r in rows]
+
+
+def answer(engine, cfg, adapter: str | None, items: list[dict], shard_dir: Path, name: str, label: str,
+           capability_max_tokens: int | None = None) -> list[dict]:
+    """The model's responses to probe items of either set, in one batch per shard: drift probes sampled at
+    eval.temperature and seeded by probe id, capability probes greedy. Rows come back in item order."""
+    drift = Sampling(temperature=cfg.eval.temperature, top_p=1.0, max_tokens=cfg.eval.max_tokens)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=capability_max_tokens or cfg.eval.capability_max_tokens)
 
     def work(chunk):
-        outs = engine.generate([Request(_user(p["prompt"]), seed_for(cfg.run.seed, "probe", p["id"]), adapter)
-                                for p in chunk], sampling)
-        return [{"id": p["id"], "prompt": p["prompt"], "response": o.text, "n_tokens": o.n_tokens,
-                 "finish_reason": o.finish_reason} for p, o in zip(chunk, outs)]
+        drifts = [it["set"] == "probes" for it in chunk]
+        outs = engine.generate([Request(_user(it["prompt"]), seed_for(cfg.run.seed, "probe", it["id"]) if d else 0,
+                                        adapter) for it, d in zip(chunk, drifts)],
+                               [drift if d else greedy for d in drifts])
+        return [{"id": it["id"], "prompt": it["prompt"], "response": o.text, "n_tokens": o.n_tokens,
+                 "finish_reason": o.finish_reason} for it, o in zip(chunk, outs)]
 
-    return run_sharded(probes, cfg.eval.shard_size, shard_dir, "probes", work, desc=f"{label} probes")
+    return run_sharded(items, cfg.eval.shard_size, shard_dir, name, work, desc=f"{label} {name}")
 
 
 def capability_responses(engine, cfg, adapter: str | None, shard_dir: Path, label: str,
                          rows: list[dict] | None = None, max_tokens: int | None = None) -> list[dict]:
     """Greedy answers to IFEval-format rows (the recipe's capability probes unless given)."""
     rows = rows if rows is not None else capability.read_ifeval(cfg.eval.capability_probes)
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens or cfg.eval.capability_max_tokens)
-
-    def work(chunk):
-        outs = engine.generate([Request(_user(r["prompt"]), 0, adapter) for r in chunk], sampling)
-        return [{"id": str(r["key"]), "prompt": r["prompt"], "response": o.text, "n_tokens": o.n_tokens,
-                 "finish_reason": o.finish_reason} for r, o in zip(chunk, outs)]
-
-    return run_sharded(rows, cfg.eval.shard_size, shard_dir, "capability", work, desc=f"{label} capability")
+    return answer(engine, cfg, adapter, _items("capability", rows), shard_dir, "capability", label, max_tokens)
 
 
 def self_judge(engine, cfg, adapter: str | None, rows: list[dict], shard_dir: Path, label: str) -> dict:
@@ -61,11 +64,15 @@ def self_judge(engine, cfg, adapter: str | None, rows: list[dict], shard_dir: Pa
 
 def model_side(engine, cfg, adapter: str | None, out_dir: Path, label: str) -> dict:
     """Write the model's probe and capability outputs; return its own metrics."""
-    drift = drift_responses(engine, cfg, adapter, out_dir / "shards", label)
+    ifeval = capability.read_ifeval(cfg.eval.capability_probes)
+    # both sets in one pass, so the few drift probes share batches with the capability probes
+    items = _items("probes", read_jsonl(cfg.eval.probes)) + _items("capability", ifeval)
+    rows = answer(engine, cfg, adapter, items, out_dir / "shards", "answers", label)
+    drift = [r for it, r in zip(items, rows) if it["set"] == "probes"]
+    answers = [r for it, r in zip(items, rows) if it["set"] == "capability"]
     write_jsonl(out_dir / "probes.jsonl", drift)
-    answers = capability_responses(engine, cfg, adapter, out_dir / "shards", label)
     write_jsonl(out_dir / "capability.jsonl", answers)
-    scored = capability.score(capability.read_ifeval(cfg.eval.capability_probes), [a["response"] for a in answers])
+    scored = capability.score(ifeval, [a["response"] for a in answers])
     lengths = [r["n_tokens"] for r in drift]
     return {**diversity.summary([r["response"] for r in drift]),
             "length_mean": sum(lengths) / len(lengths),

@@ -1,7 +1,8 @@
 """One inference interface for data_gen, judge and eval.
 
-`generate(requests, sampling) -> completions` and `score(requests) -> token logprobs`. A request names the
-LoRA adapter to apply (None = the base model M0), so one engine serves every model of the lineage.
+`generate(requests, sampling) -> completions` and `score(requests) -> token logprobs`. `sampling` is one
+`Sampling` for every request or a list with one per request (different kinds of work in one batch). A request
+names the LoRA adapter to apply (None = the base model M0), so one engine serves every model of the lineage.
 `VLLMEngine` is the default (the CPU build where there is no CUDA); `HFEngine` (transformers `generate`) is
 the fallback where vLLM cannot be installed.
 """
@@ -49,6 +50,15 @@ class Completion:
 # tokens every engine of this process has read (prompts) and written (completions); a stage's share is the
 # difference across its run (lifecycle.complete records it with the stage's wall time)
 TOKENS = {"prompt": 0, "generated": 0}
+
+
+def per_request(requests: list, sampling: "Sampling | list[Sampling]") -> list["Sampling"]:
+    """One Sampling per request: the same for all, or a list that gives each request its own."""
+    if isinstance(sampling, Sampling):
+        return [sampling] * len(requests)
+    if len(sampling) != len(requests):
+        raise ValueError(f"{len(sampling)} samplings for {len(requests)} requests")
+    return list(sampling)
 
 
 def _count(prompt: int, generated: int) -> None:
@@ -140,30 +150,29 @@ class VLLMEngine:
     def _prompt(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: Sampling | list[Sampling]) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         if not requests:
             return []
+        samplings = per_request(requests, sampling)
         self._fresh_cache()
-        structured = StructuredOutputsParams(regex=sampling.regex) if sampling.regex else None
-        params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens, seed=r.seed,
-                                 logprobs=sampling.top_logprobs or None,
-                                 logprob_token_ids=list(sampling.score_token_ids) or None,
-                                 structured_outputs=structured, ignore_eos=sampling.ignore_eos) for r in requests]
+        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=r.seed,
+                                 logprobs=s.top_logprobs or None, logprob_token_ids=list(s.score_token_ids) or None,
+                                 structured_outputs=StructuredOutputsParams(regex=s.regex) if s.regex else None,
+                                 ignore_eos=s.ignore_eos) for r, s in zip(requests, samplings)]
         outputs = self.llm.generate([self._prompt(r.messages) + r.prefill for r in requests], params, use_tqdm=False,
                                     lora_request=[self._lora(r.adapter) for r in requests])
         result = []
-        for o in outputs:
+        for o, s in zip(outputs, samplings):
             c = o.outputs[0]
             _count(len(o.prompt_token_ids or ()), len(c.token_ids))
             first = scores = None
-            if sampling.top_logprobs and c.logprobs:
+            if s.top_logprobs and c.logprobs:
                 first = _by_text((lp.decoded_token, lp.logprob) for lp in c.logprobs[0].values())
-            if sampling.score_token_ids and c.logprobs:
-                scores = {t: c.logprobs[0][t].logprob for t in sampling.score_token_ids if t in c.logprobs[0]}
+            if s.score_token_ids and c.logprobs:
+                scores = {t: c.logprobs[0][t].logprob for t in s.score_token_ids if t in c.logprobs[0]}
             result.append(Completion(c.text, len(c.token_ids), c.finish_reason or "", first, scores))
         return result
 
@@ -243,14 +252,15 @@ class HFEngine:
                 return fn(model)
         return fn(model)
 
-    def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
+    def generate(self, requests: list[Request], sampling: Sampling | list[Sampling]) -> list[Completion]:
         import torch
 
-        if sampling.regex:
+        samplings = per_request(requests, sampling)
+        if any(s.regex for s in samplings):
             raise EngineError("structured outputs need model.engine: vllm (transformers generate has none); "
                               "set judge.structured: false or judge.mode: logprob")
         out = []
-        for r in requests:
+        for r, sampling in zip(requests, samplings):
             text = self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
             ids = self.tokenizer(text + r.prefill, add_special_tokens=False, return_tensors="pt")
             kwargs = dict(max_new_tokens=sampling.max_tokens, pad_token_id=self.tokenizer.eos_token_id,

@@ -53,6 +53,23 @@ def test_vllm_sampling_is_seeded_per_request(vllm_engine):
     assert all(c.n_tokens <= 12 and c.finish_reason in ("stop", "length") for c in a)
 
 
+@pytest.mark.parametrize("engine_kind", ["vllm", "hf"])
+def test_each_request_follows_its_own_sampling_in_a_mixed_batch(engine_kind, vllm_engine, tiny_model_dir):
+    """eval batches sampled drift probes with greedy capability probes: each request keeps its own settings."""
+    engine = vllm_engine if engine_kind == "vllm" else HFEngine(str(tiny_model_dir), ModelCfg(engine="hf",
+                                                                                                dtype="float32"))
+    sampled = Sampling(temperature=1.0, top_p=1.0, max_tokens=16, ignore_eos=True)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=6, ignore_eos=True)
+    reqs = [Request(MSG, seed=5), Request(MSG, seed=0), Request(MSG, seed=7)]
+    mixed = engine.generate(reqs, [sampled, greedy, sampled])
+    assert [c.n_tokens for c in mixed] == [16, 6, 16]
+    assert mixed[0].text == engine.generate([reqs[0]], sampled)[0].text
+    assert mixed[1].text == engine.generate([reqs[1]], greedy)[0].text
+    assert mixed[0].text != mixed[2].text  # the two sampled requests follow their own seeds
+    with pytest.raises(ValueError, match="2 samplings for 3 requests"):
+        engine.generate(reqs, [sampled, greedy])
+
+
 def test_samples_sharing_a_prompt_prefill_follow_their_own_seeds(vllm_engine):
     """Prefix caching: N samples of one long prompt share its prefill, and each equals the sample its seed gives
     alone (cache cold) or beside other prompts."""
