@@ -50,6 +50,9 @@ def build_dpo_config(cfg: Config, output_dir: str):
         precompute_ref_log_probs=os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") != "3",
         precompute_ref_batch_size=4 * t.per_device_train_batch_size,
         train_sampling_strategy="group_by_length",
+        # TRL's default recomputes every layer's forward in backward to save activation memory: a GPU's scarce
+        # resource, not a CPU's, where the recompute is pure cost (a forward pass per step); overridable
+        gradient_checkpointing=cuda,
     )
     kwargs.update(t.dpo_overrides)
     return DPOConfig(**kwargs)
@@ -187,6 +190,10 @@ def fit(cfg: Config, iter_dir: Path):
     else:
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                  target_modules=t.lora_target_modules, task_type="CAUSAL_LM")
+    if not torch.cuda.is_available():
+        from train import cpu_logprob
+
+        cpu_logprob.install()  # TRL's fused LM head, with whole-vocabulary kernels on CPU tensors
     data = load_dataset("json", data_files=str(iter_dir / "judge" / "pairs.jsonl"), split="train")
     data = data.remove_columns([c for c in data.column_names if c not in ("prompt", "chosen", "rejected")])
     args = build_dpo_config(cfg, str(out_dir / "checkpoints"))
