@@ -191,7 +191,7 @@ def fit(cfg: Config, iter_dir: Path):
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                  target_modules=t.lora_target_modules, task_type="CAUSAL_LM")
     if not torch.cuda.is_available():
-        from train import cpu_logprob
+        from selfreward.train import cpu_logprob
 
         cpu_logprob.install()  # TRL's fused LM head, with whole-vocabulary kernels on CPU tensors
     data = load_dataset("json", data_files=str(iter_dir / "judge" / "pairs.jsonl"), split="train")

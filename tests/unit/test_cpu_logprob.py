@@ -5,7 +5,7 @@ import pytest
 import torch
 from trl.kernels import ChunkedLogProbFunction
 
-from train.cpu_logprob import LogProbFunction
+from selfreward.train.cpu_logprob import LogProbFunction
 
 OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -45,7 +45,7 @@ def test_matches_trl_chunked_logprob(autocast, kw, entropy_grad):
 def test_trl_uses_it_for_cpu_tensors_on_labelled_positions_only():
     from trl.trainer import utils
 
-    from train import cpu_logprob
+    from selfreward.train import cpu_logprob
 
     cpu_logprob.install()
     cpu_logprob.install()  # idempotent
