@@ -34,7 +34,9 @@ def baseline(cfg: Config, iter_dir: Path) -> Outputs:
     """iter_000/eval: M0's probe outputs and metrics, the reference point for iteration 1."""
     out_dir = iter_dir / "eval"
     m0 = artifacts.m0_adapter(iter_dir.parent)  # the SFT bootstrap's adapter, when the run has one
-    metrics = probes.model_side(engines.for_config(cfg), cfg, m0, out_dir, "M0")
+    engine = engines.for_config(cfg)
+    metrics = probes.model_side(engine, cfg, m0, out_dir, "M0")
+    metrics["dtype"] = engine.dtype
     metrics["capability_floor"] = capability.floor(capability.read_ifeval(cfg.eval.capability_probes))
     write_json(out_dir / "metrics.json", metrics)
     return Outputs({**{n: out_dir / f"{n}.jsonl" for n in _OUTPUTS}, "metrics": out_dir / "metrics.json"},
@@ -148,7 +150,7 @@ def baseline_summary(m: dict) -> str:
     x = m["metrics"]
     return (f"eval: baseline M0: IFEval prompt-strict {x['capability_prompt_strict']:.3f} (constant-answer floor "
             f"{x['capability_floor_prompt_strict']:.3f}), distinct-2 {x['distinct2']:.3f}, "
-            f"length {x['length_mean']:.1f} tokens, judge valid rate {x['judge_valid_rate']:.2f}")
+            f"length {x['length_mean']:.1f} tokens, judge valid rate {x['judge_valid_rate']:.2f}, {x.get('dtype') or 'dtype not recorded'}")
 
 
 STAGE = Stage("eval", reads=("eval", *PROBE_KEYS, "data_gen.seeds"), run=run, summary=summary,
