@@ -52,7 +52,7 @@ class Completion:
 TOKENS = {"prompt": 0, "generated": 0}
 
 
-def per_request(requests: list, sampling: "Sampling | list[Sampling]") -> list["Sampling"]:
+def _per_request(requests: list, sampling: "Sampling | list[Sampling]") -> list["Sampling"]:
     """One Sampling per request: the same for all, or a list that gives each request its own."""
     if isinstance(sampling, Sampling):
         return [sampling] * len(requests)
@@ -156,7 +156,7 @@ class VLLMEngine:
 
         if not requests:
             return []
-        samplings = per_request(requests, sampling)
+        samplings = _per_request(requests, sampling)
         self._fresh_cache()
         params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=r.seed,
                                  logprobs=s.top_logprobs or None, logprob_token_ids=list(s.score_token_ids) or None,
@@ -255,7 +255,7 @@ class HFEngine:
     def generate(self, requests: list[Request], sampling: Sampling | list[Sampling]) -> list[Completion]:
         import torch
 
-        samplings = per_request(requests, sampling)
+        samplings = _per_request(requests, sampling)
         if any(s.regex for s in samplings):
             raise EngineError("structured outputs need model.engine: vllm (transformers generate has none); "
                               "set judge.structured: false or judge.mode: logprob")
