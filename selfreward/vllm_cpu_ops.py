@@ -1,14 +1,13 @@
 """Faster vLLM CPU decode steps: vLLM's own C++ RMSNorm and rotary kernels, and top-p without a full sort.
 
-**Kernels.** 
-With LoRA enabled, vLLM's CPU platform turns compilation off (`CompilationMode.NONE`), but it keeps the custom
-ops off too (`custom_ops: ['none']`, the setting meant for an inductor-compiled graph, which would fuse them), and
-its IR dispatch offers the C++ RMSNorm to GPUs only. Every decode step then runs RMSNorm and rotary embeddings as
-dozens of small eager torch ops per layer: about a fifth of a decode step for the 135M demo model. The CPU
-build ships C++ kernels for both (`torch.ops._C.rms_norm`, `fused_add_rms_norm`, `rotary_embedding`); `install`
-registers the RMSNorm ones as a CPU provider of vLLM's IR ops, and `llm_kwargs` tells `vllm.LLM` to prefer them
-and to use the rotary custom op. Arguments the kernels do not take (a variance size, a weight of another dtype
-or none, strided inputs) fall back to vLLM's native implementation.
+**Kernels.** With LoRA enabled, vLLM's CPU platform turns compilation off (`CompilationMode.NONE`), but it keeps
+the custom ops off too (`custom_ops: ['none']`, the setting meant for an inductor-compiled graph, which would
+fuse them), and its IR dispatch offers the C++ RMSNorm to GPUs only. Every decode step then runs RMSNorm and
+rotary embeddings as dozens of small eager torch ops per layer: about a fifth of a decode step for the 135M demo
+model. The CPU build ships C++ kernels for both (`torch.ops._C.rms_norm`, `fused_add_rms_norm`,
+`rotary_embedding`); `install` registers the RMSNorm ones as a CPU provider of vLLM's IR ops, and `llm_kwargs`
+tells `vllm.LLM` to prefer them and to use the rotary custom op. Arguments the kernels do not take (a variance
+size, a weight of another dtype or none, strided inputs) fall back to vLLM's native implementation.
 
 **Top-p.** vLLM's CPU sampler applies top-p by sorting every row's logits over the whole vocabulary at every
 step (`apply_top_k_top_p_pytorch`): at batch 128 on the 49k-token vocabulary of the demo model that sort took
@@ -62,11 +61,8 @@ def top_p(logits: torch.Tensor, p: torch.Tensor, candidates: int = TOP_P_CANDIDA
     covered = active & (probs.sum(dim=-1) >= p)  # the row's nucleus lies within its top k
     kept = (before < p.unsqueeze(1)).sum(dim=-1).clamp(min=1)
     floor = top.gather(1, (kept - 1).unsqueeze(1))
-    rows = covered.nonzero().squeeze(1)
-    if rows.numel():
-        sub = logits.index_select(0, rows)
-        logits.index_copy_(0, rows, sub.masked_fill_(sub < floor.index_select(0, rows), float("-inf")))
     rest = (active & ~covered).nonzero().squeeze(1)
+    logits.masked_fill_(covered.unsqueeze(1) & (logits < floor), float("-inf"))
     if rest.numel():
         logits.index_copy_(0, rest, _stock_top_k_top_p(logits.index_select(0, rest), None, p.index_select(0, rest)))
     return logits
