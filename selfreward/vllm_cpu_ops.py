@@ -16,7 +16,8 @@ when their probability mass reaches p, the nucleus lies within them: it keeps th
 exclusive prefix mass is below p (the same rule as vLLM's ascending `cumsum <= 1 - p` mask) and masks every
 logit below the last kept one. Rows whose top K do not reach p (flat distributions) go to vLLM's sort. Each row
 is computed on its own, so a sample still depends only on its request and seed. Ties at the boundary are all
-kept (vLLM keeps whichever the sort puts first).
+kept (vLLM keeps whichever the sort puts first; with bf16 logits, a third of the demo model's sampled rows keep
+a few extra tied tokens).
 
 `bench/generation.py` measures the effect (side `engine-stock-ops`); `tests/unit/test_vllm_cpu_ops.py` checks
 the kernels and top-p against vLLM's own implementations, and `tests/integration/test_lora_kernels.py` that
