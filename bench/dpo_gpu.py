@@ -12,6 +12,11 @@ sequence-dependent FLOPs are left out (about 3% at these lengths), so the figure
 MFU = model FLOPs / wall time / the GPU's dense bf16 peak (`--peak-tflops`, default 989 for H100/H200 SXM).
 
     python bench/dpo_gpu.py --tokenizer DIR [--pairs 256] [--out results.json]
+        [--variant 'NAME;train.dpo_overrides.gradient_checkpointing=false;...'] [--profile]
+
+Each `--variant` runs the selfreward side again with more recipe overrides (`key.path=value`, separated by `;`),
+named NAME in the table; the TRL side always runs with TRL's defaults at the same batch. `--profile` prints the
+GPU kernels that took the most time in each selfreward run (torch.profiler).
 """
 from __future__ import annotations
 
@@ -80,7 +85,22 @@ def _tokens(trainer) -> int:
                for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"]))
 
 
-def run(name: str, side: str, args, root: Path) -> dict:
+def _profiled(fn, top: int = 25):
+    """fn() under torch.profiler; prints the kernels with the most GPU time, and their share of it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        out = fn()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) or 1
+    print(f"profile: {total / 1e6:.2f} s of GPU kernel time; the top {top}:")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"  {100 * e.self_device_time_total / total:5.1f}%  {e.count:7d}x  {e.key[:110]}")
+    return out
+
+
+def run(name: str, side: str, args, root: Path, extra: tuple[str, ...] = ()) -> dict:
     import torch
 
     from selfreward.config import find_recipe, load
@@ -91,7 +111,7 @@ def run(name: str, side: str, args, root: Path) -> dict:
         _model_dir(name, args.tokenizer, root)
     cfg = load(find_recipe(args.recipe), [f"model.ref={model_dir}", f"train.per_device_train_batch_size={args.batch}",
                                           f"train.gradient_accumulation_steps={args.accum}",
-                                          f"run.output_dir={root / 'runs'}", f"run.name={name}-{side}"])
+                                          f"run.output_dir={root / 'runs'}", f"run.name={name}-{side}", *extra])
     iter_dir = Path(tempfile.mkdtemp(dir=root)) / "iter_001"
     write_jsonl(iter_dir / "judge" / "pairs.jsonl", _pairs(args.pairs, 0, (24, 96), (64, 320)))
     write_json(iter_dir / "lineage.json", {"iteration": 1, "parent_iteration": 0, "parent_adapter": None})
@@ -102,7 +122,7 @@ def run(name: str, side: str, args, root: Path) -> dict:
         from selfreward.train import dpo
 
         start = time.perf_counter()
-        trainer, summary = dpo.fit(cfg, iter_dir)
+        trainer, summary = _profiled(lambda: dpo.fit(cfg, iter_dir)) if args.profile else dpo.fit(cfg, iter_dir)
         _sync()
         wall = time.perf_counter() - start
     else:
@@ -150,6 +170,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--recipe", default="qwen2.5-1.5b-gpu")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100/H200 SXM: 989)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME;key.path=value;... : the selfreward side again with these recipe overrides")
+    ap.add_argument("--profile", action="store_true", help="print the top GPU kernels of each selfreward run")
     ap.add_argument("--out", default="bench/results/dpo_gpu.json")
     args = ap.parse_args()
     import torch
@@ -158,13 +181,18 @@ def main() -> None:
         sys.exit("bench/dpo_gpu.py needs a CUDA GPU (--models tiny runs a CPU smoke test)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     root = Path(tempfile.mkdtemp(prefix="dpo-gpu-"))
+    variants = [v.split(";") for v in args.variant]
+    bad = [v[0] for v in variants if len(v) < 2 or not v[0] or any("=" not in o for o in v[1:])]
+    if bad:
+        sys.exit(f"--variant {bad[0]!r}: expected NAME;key.path=value[;key.path=value...]")
+    runs = [(side, side, ()) for side in args.sides.split(",")] + [(v[0], "selfreward", tuple(v[1:])) for v in variants]
     rows = []
     for name in args.models.split(","):
         for rep in range(args.repeats):
-            for side in args.sides.split(","):
-                r = run(name, side, args, root)
+            for label, side, extra in runs:
+                r = run(name, side, args, root, extra) | {"side": label, "overrides": list(extra)}
                 rows.append(r)
-                print(f"{name} {side} rep {rep}: {r['tokens_per_s']:.0f} tokens/s, MFU {100 * r['mfu']:.1f}% "
+                print(f"{name} {label} rep {rep}: {r['tokens_per_s']:.0f} tokens/s, MFU {100 * r['mfu']:.1f}% "
                       f"(wall incl. load {100 * r['mfu_wall']:.1f}%), {r['steps']} steps, loss {r['final_loss']}, "
                       f"peak {r['peak_gpu_mem_gib']:.1f} GiB", flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +200,7 @@ def main() -> None:
     print(f"\n{rows[0]['gpu']}, {args.pairs} pairs, batch {args.batch} x accumulation {args.accum}, bf16\n"
           "| model | side | tokens/s (median) | MFU (median) | peak GPU memory (GiB) |\n|---|---|---|---|---|")
     for name in args.models.split(","):
-        for side in args.sides.split(","):
+        for side in dict.fromkeys(label for label, _, _ in runs):
             rs = [r for r in rows if r["model"] == name and r["side"] == side]
             print(f"| {name} | {side} | {statistics.median(r['tokens_per_s'] for r in rs):.0f} | "
                   f"{100 * statistics.median(r['mfu'] for r in rs):.1f}% | {max(r['peak_gpu_mem_gib'] for r in rs):.1f} |")
