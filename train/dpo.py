@@ -58,6 +58,22 @@ def build_dpo_config(cfg: Config, output_dir: str):
     return DPOConfig(**kwargs)
 
 
+def _lora_inputs_uncast(trainer) -> None:
+    """Under bf16 autocast, LoRA modules take their bf16 inputs as they are.
+
+    PEFT keeps adapter weights in fp32 and casts each LoRA module's input to fp32, but autocast then casts it back
+    to bf16 for the matmul: two copies of the activations per module and pass (and their gradients), for the same
+    bf16 product. On an H200 such copies were about 15% of a DPO step's GPU time (docs/benchmarks.md). Without
+    autocast (fp32 training) or under DeepSpeed (which casts adapters itself) the cast stays."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not trainer.args.bf16 or trainer.is_deepspeed_enabled:
+        return
+    for module in trainer.model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+
+
 def _stop_on_signal():
     """A stop signal (SLURM preemption) on any rank: every rank finishes the same optimizer step, one
     consistent checkpoint is saved, training stops. The flag is reduced across ranks after every step."""
@@ -200,6 +216,7 @@ def fit(cfg: Config, iter_dir: Path):
     trainer = _trainer_class()(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                                peft_config=peft_config)
     trainer.add_callback(_stop_on_signal())
+    _lora_inputs_uncast(trainer)
     resume = _last_checkpoint(out_dir / "checkpoints")
     if resume and trainer.accelerator.is_main_process:  # what a requeued job's log shows
         print(f"train: resuming from {Path(resume).name} of {out_dir / 'checkpoints'}", flush=True)
