@@ -18,8 +18,17 @@ token) through the LoRA logits processor, whose mapping (`sampler_indices`) has 
 batch. The stock ops then fail on the shape mismatch and a row-per-index kernel would read rows no index covers.
 No row-to-adapter mapping exists on that path, so it is served only when it cannot matter: when no loaded
 adapter has LoRA weights on the LM head (the delta is then zero for every row); otherwise it raises.
+
+A batch whose every row uses one adapter (the loop's usual LoRA work: a shard generated or judged by one model)
+skips the LoRA kernels altogether: each linear layer multiplies by its merged weight W + B @ A, built once per
+adapter slot in float32 and rounded to the engine's dtype, with the same CPU GEMM vLLM chose for W. A merged
+weight is dropped when its slot's adapter changes. The cost is memory: the unpacked base weights of the linear
+layers are kept (vLLM frees them after packing), plus one merged copy per layer while an adapter is in use.
+Batches that mix adapters, or adapter and base rows, take the grouped kernels above.
 """
 from __future__ import annotations
+
+import types
 
 import torch
 
@@ -165,15 +174,78 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     return None
 
 
+_STOCK: dict = {}  # vLLM's functions that the merged-weight path wraps, saved by install()
+
+
+def _dispatch_keeping_weight(layer, remove_weight: bool) -> None:
+    """vLLM's CPU GEMM dispatch, keeping the unpacked weight it would free (the base of a merged weight)."""
+    if remove_weight and not layer.weight.is_meta and layer.weight.dim() == 2:
+        layer.selfreward_weight = layer.weight.detach()
+    _STOCK["dispatch"](layer, remove_weight)
+
+
+def update_metadata(self, *args, **kwargs) -> None:
+    """PunicaWrapperCPU.update_metadata (once per step), noting the adapter slot every row uses, if there is one."""
+    _STOCK["update_metadata"](self, *args, **kwargs)
+    indices = self.token_lora_indices
+    first = int(indices[0]) if indices.numel() else -1
+    self.selfreward_one_slot = first if first >= 0 and bool((indices == first).all()) else None
+
+
+def _merged_linear(layer, x: torch.Tensor):
+    """The merged linear layer (W + B @ A) of the slot all rows use, or None where the LoRA kernels must run."""
+    punica = layer.punica_wrapper
+    slot = getattr(punica, "selfreward_one_slot", None)
+    weight = getattr(layer.base_layer, "selfreward_weight", None)
+    if slot is None or weight is None or layer.tp_size != 1 or x.numel() // x.shape[-1] != punica.indices_len[0]:
+        return None
+    cached = layer.__dict__.get("selfreward_merged")
+    if cached is None or cached[0] != slot:
+        delta = torch.cat([b[slot, 0].float() @ a[slot, 0].float()
+                           for a, b in zip(layer.lora_a_stacked, layer.lora_b_stacked)])
+        if delta.shape != weight.shape:  # a layout this path does not know (sharded LoRA): the kernels serve it
+            return None
+        merged = types.SimpleNamespace(weight=torch.nn.Parameter((weight.float() + delta).to(weight.dtype),
+                                                                 requires_grad=False), bias=None)
+        _STOCK["dispatch"](merged, remove_weight=True)  # the same CPU GEMM family vLLM picked for W
+        cached = layer.selfreward_merged = (slot, merged)
+    return cached[1]
+
+
+def _apply_sync(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """BaseLinearLayerWithLoRA._apply_sync: one GEMM with the merged weight when every row uses one adapter."""
+    merged = _merged_linear(self, x)
+    if merged is None:
+        return _STOCK["apply_sync"](self, x, bias)
+    return merged.cpu_linear(x, merged.weight, bias)
+
+
+def reset_lora(self, index: int) -> None:
+    """BaseLinearLayerWithLoRA.reset_lora (also the first step of set_lora): a merged weight is stale."""
+    self.__dict__.pop("selfreward_merged", None)
+    _STOCK["reset_lora"](self, index)
+
+
 _OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
 def install() -> None:
-    """Swap the kernels in the modules that call them, and the CPU wrapper's per-module LoRA method."""
+    """Swap the kernels in the modules that call them, the CPU wrapper's per-module LoRA method, and the
+    merged-weight path for single-adapter batches. Call before the engine loads its model."""
+    from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
+    from vllm.model_executor.layers import utils
 
     for module in (lora_ops, punica_cpu):
         for name in _OPS:
             setattr(module, name, globals()[name])
     punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear
+    if _STOCK:  # installed already
+        return
+    _STOCK.update(dispatch=utils.dispatch_cpu_unquantized_gemm, update_metadata=punica_cpu.PunicaWrapperCPU.update_metadata,
+                  apply_sync=BaseLinearLayerWithLoRA._apply_sync, reset_lora=BaseLinearLayerWithLoRA.reset_lora)
+    utils.dispatch_cpu_unquantized_gemm = _dispatch_keeping_weight
+    punica_cpu.PunicaWrapperCPU.update_metadata = update_metadata
+    BaseLinearLayerWithLoRA._apply_sync = _apply_sync
+    BaseLinearLayerWithLoRA.reset_lora = reset_lora
