@@ -15,9 +15,9 @@ longer than the model's forward pass. `top_p` here takes the K largest logits of
 when their probability mass reaches p, the nucleus lies within them: it keeps the tokens whose descending
 exclusive prefix mass is below p (the same rule as vLLM's ascending `cumsum <= 1 - p` mask) and masks every
 logit below the last kept one. Rows whose top K do not reach p (flat distributions) go to vLLM's sort. Each row
-is computed on its own, so a sample still depends only on its request and seed. Ties at the boundary are all
-kept (vLLM keeps whichever the sort puts first; with bf16 logits, a third of the demo model's sampled rows keep
-a few extra tied tokens).
+is computed on its own, so a sample still depends only on its request and seed. A row keeps as many tokens as
+vLLM's rule keeps, also when bf16 logits tie at the boundary (a third of the demo model's sampled rows): of the
+tied tokens, those ranked first by `topk` are kept, where vLLM keeps whichever its sort puts first.
 
 `bench/generation.py` measures the effect (side `engine-stock-ops`); `tests/unit/test_vllm_cpu_ops.py` checks
 the kernels and top-p against vLLM's own implementations, and `tests/integration/test_lora_kernels.py` that
@@ -55,15 +55,20 @@ def fused_add_rms_norm(x: torch.Tensor, x_residual: torch.Tensor, weight: torch.
 def top_p(logits: torch.Tensor, p: torch.Tensor, candidates: int = TOP_P_CANDIDATES) -> torch.Tensor:
     """Mask (in place, -inf) every logit outside its row's top-p nucleus; p: one value per row."""
     k = min(candidates, logits.shape[-1])
-    top, _ = logits.topk(k, dim=-1)  # descending
+    top, order = logits.topk(k, dim=-1)  # descending
     probs = (top - torch.logsumexp(logits, dim=-1, keepdim=True)).exp()
     before = probs.cumsum(dim=-1) - probs  # mass of the higher-ranked tokens
     active = p < 1  # p = 1 keeps every token (a greedy or unfiltered row beside filtered ones)
-    covered = active & (probs.sum(dim=-1) >= p)  # the row's nucleus lies within its top k
     kept = (before < p.unsqueeze(1)).sum(dim=-1).clamp(min=1)
     floor = top.gather(1, (kept - 1).unsqueeze(1))
-    rest = (active & ~covered).nonzero().squeeze(1)
+    # the nucleus lies within the row's top k, and no token outside them ties with its last kept logit
+    covered = active & (probs.sum(dim=-1) >= p) & (top[:, -1:] < floor).squeeze(1)
     logits.masked_fill_(covered.unsqueeze(1) & (logits < floor), float("-inf"))
+    # tokens tied with the last kept one, ranked after it: masked, so that a row keeps exactly `kept` tokens
+    rows, ranks = (covered.unsqueeze(1) & (top == floor)
+                   & (torch.arange(k, device=top.device) >= kept.unsqueeze(1))).nonzero(as_tuple=True)
+    logits[rows, order[rows, ranks]] = float("-inf")
+    rest = (active & ~covered).nonzero().squeeze(1)
     if rest.numel():
         logits.index_copy_(0, rest, _stock_top_k_top_p(logits.index_select(0, rest), None, p.index_select(0, rest)))
     return logits

@@ -73,6 +73,28 @@ def test_top_p_keeps_the_same_tokens_as_vllms_sort():
     assert (kept[9:] == 4000).all()  # p = 1 masks nothing
 
 
+def test_top_p_keeps_as_many_tokens_as_vllm_when_logits_tie_at_the_boundary():
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    torch.manual_seed(4)
+    # bf16-like logits: few distinct values, so the boundary of the nucleus falls inside a run of equal logits
+    logits = (torch.randn(8, 4000) * 8).round() / 2
+    p = torch.tensor([0.9, 0.95, 0.8, 0.5, 0.9, 0.95, 0.99, 0.7])
+    want = apply_top_k_top_p_pytorch(logits.clone(), None, p.clone())
+    got = vllm_cpu_ops.top_p(logits.clone(), p.clone())
+    kept_want, kept_got = (~torch.isinf(want)).sum(dim=1), (~torch.isinf(got)).sum(dim=1)
+    assert torch.equal(kept_got, kept_want)
+    floor = torch.where(torch.isinf(want), torch.inf, want).min(dim=1).values
+    ties = (logits == floor.unsqueeze(1)).sum(dim=1) - (want == floor.unsqueeze(1)).sum(dim=1)
+    # rows the top-k path serves (fewer than 256 kept) that leave tied tokens out: the case this test is about
+    assert ((ties > 0) & (kept_want < 256)).sum() >= 4
+    # the same logits above the boundary, and the same number of the tied ones
+    for row in range(8):
+        above = logits[row] > floor[row]
+        assert torch.equal(~torch.isinf(got[row]) & above, above)
+        assert torch.equal(got[row][~torch.isinf(got[row])].sort().values, want[row][~torch.isinf(want[row])].sort().values)
+
+
 def test_top_p_of_a_row_does_not_depend_on_its_batch():
     logits, p = _rows()
     whole = vllm_cpu_ops.top_p(logits.clone(), p.clone())
