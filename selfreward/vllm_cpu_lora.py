@@ -205,9 +205,12 @@ def _merged_linear(layer, x: torch.Tensor):
                            for a, b in zip(layer.lora_a_stacked, layer.lora_b_stacked)])
         if delta.shape != weight.shape:  # a layout this path does not know (sharded LoRA): the kernels serve it
             return None
-        merged = types.SimpleNamespace(weight=torch.nn.Parameter((weight.float() + delta).to(weight.dtype),
-                                                                 requires_grad=False), bias=None)
-        _STOCK["dispatch"](merged, remove_weight=True)  # the same CPU GEMM family vLLM picked for W
+        if not delta.any():  # the adapter leaves this layer alone: its base weight is the merged one
+            merged = layer.base_layer
+        else:
+            merged = types.SimpleNamespace(weight=torch.nn.Parameter((weight.float() + delta).to(weight.dtype),
+                                                                     requires_grad=False), bias=None)
+            _STOCK["dispatch"](merged, remove_weight=True)  # the same CPU GEMM family vLLM picked for W
         cached = layer.selfreward_merged = (slot, merged)
     return cached[1]
 

@@ -82,7 +82,7 @@ def _top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor |
 
 def install() -> None:
     """Register the CPU kernels as vLLM IR implementations (once per process, before `vllm.LLM`)."""
-    global _installed
+    global _installed, _stock_top_k_top_p
     if _installed:
         return
     from vllm import ir
@@ -98,7 +98,6 @@ def install() -> None:
         _plain(x, weight, variance_size) and x_residual.is_contiguous())(fused_add_rms_norm)
     from vllm.v1.sample.ops import topk_topp_sampler
 
-    global _stock_top_k_top_p
     _stock_top_k_top_p = topk_topp_sampler.apply_top_k_top_p
     topk_topp_sampler.apply_top_k_top_p = _top_k_top_p  # what the CPU sampler calls at each step
     _installed = True

@@ -61,7 +61,8 @@ class LogProbFunction(torch.autograd.Function):
                 m, top = z.max(dim=-1)  # the index of the first maximum, as TRL's ties rule wants
                 p = z.sub(m.unsqueeze(1)).exp_()  # unnormalised probabilities
                 total = p.sum(dim=-1)
-                lz = m + total.log()
+                log_total = total.log()
+                lz = m + log_total
                 log_z[s:e] = lz
                 logprobs[s:e] = z.gather(1, targets[s:e].unsqueeze(1)).squeeze(1) - lz
                 if mean is not None:
@@ -71,7 +72,7 @@ class LogProbFunction(torch.autograd.Function):
                 if entropy is not None:
                     entropy[s:e] = lz - torch.linalg.vecdot(p, z) / total
                 if lssp is not None:
-                    lssp[s:e] = torch.linalg.vecdot(p, p).log_() - 2 * total.log()
+                    lssp[s:e] = torch.linalg.vecdot(p, p).log_() - 2 * log_total
         ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)
         ctx.args = (cd, logit_scale, final_logit_softcapping, inv_t)
         ctx.mark_non_differentiable(*(x for x in (lssp, mean, top1) if x is not None))
@@ -99,8 +100,9 @@ class LogProbFunction(torch.autograd.Function):
                 glp = None if grad_logprobs is None else grad_logprobs[s:e].unsqueeze(1).float()
                 if grad_entropy is not None:
                     # d entropy / dz_j = -p_j (log p_j + entropy); d log p_target / dz_j = 1[j = target] - p_j
-                    g = z.sub(lz).exp_()
-                    coef = z.sub_(lz).add_(entropy[s:e].unsqueeze(1)).mul_(grad_entropy[s:e].unsqueeze(1))
+                    log_p = z.sub_(lz)  # in place: z is not needed any more
+                    g = log_p.exp()
+                    coef = log_p.add_(entropy[s:e].unsqueeze(1)).mul_(grad_entropy[s:e].unsqueeze(1))
                     if glp is not None:
                         coef.add_(glp)
                     g.mul_(coef.mul_(-c))
