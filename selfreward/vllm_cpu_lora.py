@@ -246,7 +246,8 @@ def install() -> None:
     punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear
     if _STOCK:  # installed already
         return
-    _STOCK.update(dispatch=utils.dispatch_cpu_unquantized_gemm, update_metadata=punica_cpu.PunicaWrapperCPU.update_metadata,
+    _STOCK.update(dispatch=utils.dispatch_cpu_unquantized_gemm,
+                  update_metadata=punica_cpu.PunicaWrapperCPU.update_metadata,
                   apply_sync=BaseLinearLayerWithLoRA._apply_sync, reset_lora=BaseLinearLayerWithLoRA.reset_lora)
     utils.dispatch_cpu_unquantized_gemm = _dispatch_keeping_weight
     punica_cpu.PunicaWrapperCPU.update_metadata = update_metadata

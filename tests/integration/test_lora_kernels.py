@@ -62,7 +62,8 @@ def reference(tiny_model_dir, adapter_all):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_lora_kernels_and_merged_weights_match_transformers_peft(dtype, tiny_model_dir, adapter_all, more_adapters, reference):
+def test_lora_kernels_and_merged_weights_match_transformers_peft(dtype, tiny_model_dir, adapter_all, more_adapters,
+                                                                 reference):
     reqs = _requests(adapter_all)
     engine = VLLMEngine(str(tiny_model_dir), ModelCfg(dtype=dtype, max_model_len=512, kv_cache_gib=1), 16)
     try:
