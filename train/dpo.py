@@ -58,20 +58,16 @@ def build_dpo_config(cfg: Config, output_dir: str):
     return DPOConfig(**kwargs)
 
 
-def _lora_inputs_uncast(trainer) -> None:
-    """Under bf16 autocast, LoRA modules take their bf16 inputs as they are.
+def _lora_inputs_uncast(trainer):
+    """Under bf16 autocast, LoRA modules take their bf16 inputs as they are (a context for training).
 
     PEFT keeps adapter weights in fp32 and casts each LoRA module's input to fp32, but autocast then casts it back
     to bf16 for the matmul: two copies of the activations per module and pass (and their gradients), for the same
     bf16 product. On an H200 such copies were about 15% of a DPO step's GPU time (docs/benchmarks.md). Without
     autocast (fp32 training) or under DeepSpeed (which casts adapters itself) the cast stays."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.helpers import disable_input_dtype_casting
 
-    if not trainer.args.bf16 or trainer.is_deepspeed_enabled:
-        return
-    for module in trainer.model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+    return disable_input_dtype_casting(trainer.model, active=trainer.args.bf16 and not trainer.is_deepspeed_enabled)
 
 
 def _stop_on_signal():
@@ -216,14 +212,14 @@ def fit(cfg: Config, iter_dir: Path):
     trainer = _trainer_class()(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                                peft_config=peft_config)
     trainer.add_callback(_stop_on_signal())
-    _lora_inputs_uncast(trainer)
     resume = _last_checkpoint(out_dir / "checkpoints")
     if resume and trainer.accelerator.is_main_process:  # what a requeued job's log shows
         print(f"train: resuming from {Path(resume).name} of {out_dir / 'checkpoints'}", flush=True)
     if resume:  # TRL counts the tokens trained on in the trainer, not in the checkpoint: carry it over
         logged = json.loads((Path(resume) / "trainer_state.json").read_text())["log_history"]
         trainer._total_train_tokens = int(next((h["num_tokens"] for h in reversed(logged) if "num_tokens" in h), 0))
-    result = trainer.train(resume_from_checkpoint=resume)
+    with _lora_inputs_uncast(trainer):
+        result = trainer.train(resume_from_checkpoint=resume)
     # a signal after the last step does not undo finished training: the adapter is saved, the next stage stops
     if trainer.state.global_step < trainer.state.max_steps and stop_on_all_ranks(trainer.args.device):
         raise Preempted(f"training stopped after step {trainer.state.global_step} on signal {stop_signal()}; "

@@ -57,8 +57,9 @@ def test_uncast_lora_inputs_change_only_the_copies(tiny_model_dir):
     model = _lora_model(tiny_model_dir)
     ids = torch.randint(0, model.config.vocab_size, (4, 48), generator=torch.Generator().manual_seed(1))
     loss0, logits0, grads0, casts0 = _step(model, ids)
-    _lora_inputs_uncast(SimpleNamespace(args=SimpleNamespace(bf16=True), is_deepspeed_enabled=False, model=model))
-    loss1, logits1, grads1, casts1 = _step(model, ids)
+    with _lora_inputs_uncast(SimpleNamespace(args=SimpleNamespace(bf16=True), is_deepspeed_enabled=False,
+                                             model=model)):
+        loss1, logits1, grads1, casts1 = _step(model, ids)
 
     assert loss1.equal(loss0) and logits1.equal(logits0)
     assert grads1.keys() == grads0.keys() and len(grads0) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
@@ -74,6 +75,7 @@ def test_fp32_training_and_deepspeed_keep_peft_casting(tiny_model_dir, bf16, dee
     from selfreward.train.dpo import _lora_inputs_uncast
 
     model = _lora_model(tiny_model_dir)
-    _lora_inputs_uncast(SimpleNamespace(args=SimpleNamespace(bf16=bf16), is_deepspeed_enabled=deepspeed, model=model))
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    assert len(layers) == 14 and all(m.cast_input_dtype_enabled for m in layers)
+    with _lora_inputs_uncast(SimpleNamespace(args=SimpleNamespace(bf16=bf16), is_deepspeed_enabled=deepspeed,
+                                             model=model)):
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        assert len(layers) == 14 and all(m.cast_input_dtype_enabled for m in layers)
