@@ -193,7 +193,8 @@ def update_metadata(self, *args, **kwargs) -> None:
 
 
 def _merged_linear(layer, x: torch.Tensor):
-    """The merged linear layer (W + B @ A) of the slot all rows use, or None where the LoRA kernels must run."""
+    """The merged linear layer (W + B @ A) of the slot all rows use, or None where the LoRA kernels must run.
+    Built once per slot, a refusal included, so a step does not redo the product in every layer."""
     punica = layer.punica_wrapper
     slot = getattr(punica, "selfreward_one_slot", None)
     weight = getattr(layer.base_layer, "selfreward_weight", None)
@@ -204,8 +205,8 @@ def _merged_linear(layer, x: torch.Tensor):
         delta = torch.cat([b[slot, 0].float() @ a[slot, 0].float()
                            for a, b in zip(layer.lora_a_stacked, layer.lora_b_stacked)])
         if delta.shape != weight.shape:  # a layout this path does not know (sharded LoRA): the kernels serve it
-            return None
-        if not delta.any():  # the adapter leaves this layer alone: its base weight is the merged one
+            merged = None
+        elif not delta.any():  # the adapter leaves this layer alone: its base weight is the merged one
             merged = layer.base_layer
         else:
             merged = types.SimpleNamespace(weight=torch.nn.Parameter((weight.float() + delta).to(weight.dtype),

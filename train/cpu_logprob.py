@@ -9,8 +9,8 @@ CPU that made the LM head of the 135M demo model, 21% of its parameters, take ab
 
 `LogProbFunction` computes the same outputs (log-probability of each target, and the optional entropy,
 log-sum of squared probabilities, mean logit and top-1 flag) and the same gradients, one block of tokens at a
-time against the whole vocabulary: one matmul in the autocast dtype (bf16 on AMX), then fused ATen reductions
-(`logsumexp`, `argmax`) and an in-place softmax gradient; backward recomputes the block and contracts it with one
+time against the whole vocabulary: one matmul in the autocast dtype (bf16 on AMX), then one max, one
+exponentiation and sums over the block (log-normaliser, entropy, squared mass) and an in-place softmax gradient; backward recomputes the block and contracts it with one
 matmul per block (bf16 products accumulate in float32 inside oneDNN and are rounded once). `install` makes TRL use
 it for CPU tensors and score only the labelled positions there. `tests/unit/test_cpu_logprob.py` compares it with
 TRL's function; `bench/dpo.py` measures the train stage.
@@ -90,13 +90,13 @@ class LogProbFunction(torch.autograd.Function):
         grad_h = torch.empty(hidden.shape, device=hidden.device, dtype=hidden.dtype) if need_h else None
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros(bias.shape, device=bias.device, dtype=torch.float32) if need_b else None
+        c = inv_t * logit_scale  # the chain rule through z = transform(logits)
         with torch.autocast("cpu", enabled=False):
             for s in range(0, n, TOKENS_PER_BLOCK):
                 e = min(s + TOKENS_PER_BLOCK, n)
                 h = hidden[s:e].to(cd)
                 z, t = _logits(h, w, b, logit_scale, softcap, inv_t)
                 lz = log_z[s:e].unsqueeze(1)
-                c = inv_t * logit_scale  # the chain rule through z = transform(logits)
                 glp = None if grad_logprobs is None else grad_logprobs[s:e].unsqueeze(1).float()
                 if grad_entropy is not None:
                     # d entropy / dz_j = -p_j (log p_j + entropy); d log p_target / dz_j = 1[j = target] - p_j

@@ -44,7 +44,7 @@ def more_adapters(tiny_model_dir, tmp_path_factory):
 def _merged_slots(engine) -> list[int]:
     """The adapter slots whose merged weights the engine's LoRA linear layers hold now."""
     [slots] = engine.llm.apply_model(lambda model: [m.selfreward_merged[0] for m in model.modules()
-                                                    if "selfreward_merged" in m.__dict__])
+                                                    if m.__dict__.get("selfreward_merged", (0, None))[1] is not None])
     return slots
 
 
