@@ -185,7 +185,7 @@ def main() -> None:
     bad = [v[0] for v in variants if len(v) < 2 or not v[0] or any("=" not in o for o in v[1:])]
     if bad:
         sys.exit(f"--variant {bad[0]!r}: expected NAME;key.path=value[;key.path=value...]")
-    runs = [(side, side, ()) for side in args.sides.split(",")] + [(v[0], "selfreward", tuple(v[1:])) for v in variants]
+    runs = [(side, side, ()) for side in args.sides.split(",") if side] + [(v[0], "selfreward", tuple(v[1:])) for v in variants]
     rows = []
     for name in args.models.split(","):
         for rep in range(args.repeats):

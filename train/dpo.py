@@ -93,6 +93,14 @@ def _trainer_class():
     from trl import DPOTrainer
 
     class _Trainer(DPOTrainer):
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            # `torch_compile: true` compiles each decoder layer on its own (accelerate's regional compilation):
+            # every layer reuses the first one's code, and the cold start is one layer's compile, not the whole
+            # model's. An explicit ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION decides instead.
+            if self.args.torch_compile and "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION" not in os.environ:
+                self.accelerator.state.dynamo_plugin.use_regional_compilation = True
+
         def _get_train_sampler(self, train_dataset=None):
             data = self.train_dataset if train_dataset is None else train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or "prompt_ids" not in data.column_names:
