@@ -84,8 +84,14 @@ def run_side(side: str, args) -> dict:
     write_jsonl(iter_dir / "judge" / "pairs.jsonl", rows)
     write_json(iter_dir / "lineage.json", {"iteration": 1, "parent_iteration": 0, "parent_adapter": None})
     t = cfg.train
+    # both clocks start with the same libraries imported (the TRL side's imports were never timed)
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
     if side == "selfreward":
-        from selfreward.train import dpo
+        from selfreward.train import cpu_logprob, dpo  # noqa: F401  (fit installs cpu_logprob)
 
         start = time.perf_counter()
         trainer, summary = dpo.fit(cfg, iter_dir)
@@ -93,11 +99,6 @@ def run_side(side: str, args) -> dict:
         history = [h for h in trainer.state.log_history if "loss" in h]
         steps, precision = trainer.state.global_step, summary["precision"]
     else:
-        from datasets import load_dataset
-        from peft import LoraConfig
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from trl import DPOConfig, DPOTrainer
-
         start = time.perf_counter()
         path = models.resolve(cfg.model.ref)
         tok = AutoTokenizer.from_pretrained(path)
