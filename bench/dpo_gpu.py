@@ -159,6 +159,12 @@ def run(name: str, side: str, args, root: Path, extra: tuple[str, ...] = ()) -> 
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke test)"}
 
 
+def _fail(message: str) -> None:
+    """A user's mistake: one line on stderr, exit 2, before any model is built."""
+    print(f"bench/dpo_gpu.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True)
@@ -175,16 +181,21 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print the top GPU kernels of each selfreward run")
     ap.add_argument("--out", default="bench/results/dpo_gpu.json")
     args = ap.parse_args()
-    import torch
-
-    if not torch.cuda.is_available() and args.models != "tiny":
-        sys.exit("bench/dpo_gpu.py needs a CUDA GPU (--models tiny runs a CPU smoke test)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    root = Path(tempfile.mkdtemp(prefix="dpo-gpu-"))
+    unknown = [m for m in args.models.split(",") if m not in SHAPES]
+    if unknown:
+        _fail(f"unknown model {unknown[0]!r} (known: {', '.join(SHAPES)})")
+    if not (Path(args.tokenizer) / "tokenizer_config.json").is_file():
+        _fail(f"--tokenizer {args.tokenizer}: not a tokenizer directory (no tokenizer_config.json)")
     variants = [v.split(";") for v in args.variant]
     bad = [v[0] for v in variants if len(v) < 2 or not v[0] or any("=" not in o for o in v[1:])]
     if bad:
-        sys.exit(f"--variant {bad[0]!r}: expected NAME;key.path=value[;key.path=value...]")
+        _fail(f"--variant {bad[0]!r}: expected NAME;key.path=value[;key.path=value...]")
+    import torch
+
+    if not torch.cuda.is_available() and args.models != "tiny":
+        _fail("needs a CUDA GPU (--models tiny runs a CPU smoke test)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = Path(tempfile.mkdtemp(prefix="dpo-gpu-"))
     runs = [(side, side, ()) for side in args.sides.split(",") if side] + [(v[0], "selfreward", tuple(v[1:])) for v in variants]
     rows = []
     for name in args.models.split(","):

@@ -1,14 +1,16 @@
-"""bench/dpo.py refuses a pairs file that does not exist or holds fewer pairs than asked: one line, exit 2,
-before any model loads."""
+"""bench/dpo.py refuses a pairs file that does not exist or holds fewer pairs than asked, and bench/dpo_gpu.py an
+unknown model shape, a directory without a tokenizer or a malformed variant: one line, exit 2, before any model
+loads."""
 import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "dpo.py"
+GPU_BENCH = BENCH.with_name("dpo_gpu.py")
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=120)
+def _run(*args, bench=BENCH):
+    return subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_missing_pairs_file(tmp_path):
@@ -25,3 +27,17 @@ def test_too_few_pairs(tmp_path, make_pairs):
     out = _run("--pairs", str(path), "--n", "64")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"bench/dpo.py: error: {path} holds 3 pairs, fewer than --n 64"]
+
+
+def test_gpu_bench_bad_arguments(tmp_path, smol_dir):
+    cases = [
+        (["--tokenizer", str(smol_dir), "--models", "qwen2.5-7b"],
+         "unknown model 'qwen2.5-7b' (known: qwen2.5-0.5b, qwen2.5-1.5b, tiny)"),
+        (["--tokenizer", str(tmp_path)], f"--tokenizer {tmp_path}: not a tokenizer directory (no tokenizer_config.json)"),
+        (["--tokenizer", str(smol_dir), "--variant", "nogc"],
+         "--variant 'nogc': expected NAME;key.path=value[;key.path=value...]"),
+    ]
+    for args, message in cases:
+        out = _run(*args, bench=GPU_BENCH)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.strip().splitlines() == [f"bench/dpo_gpu.py: error: {message}"]
