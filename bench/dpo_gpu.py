@@ -196,7 +196,8 @@ def main() -> None:
         _fail("needs a CUDA GPU (--models tiny runs a CPU smoke test)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     root = Path(tempfile.mkdtemp(prefix="dpo-gpu-"))
-    runs = [(side, side, ()) for side in args.sides.split(",") if side] + [(v[0], "selfreward", tuple(v[1:])) for v in variants]
+    runs = [(side, side, ()) for side in args.sides.split(",") if side]
+    runs += [(v[0], "selfreward", tuple(v[1:])) for v in variants]
     rows = []
     for name in args.models.split(","):
         for rep in range(args.repeats):

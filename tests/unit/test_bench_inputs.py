@@ -33,7 +33,8 @@ def test_gpu_bench_bad_arguments(tmp_path, smol_dir):
     cases = [
         (["--tokenizer", str(smol_dir), "--models", "qwen2.5-7b"],
          "unknown model 'qwen2.5-7b' (known: qwen2.5-0.5b, qwen2.5-1.5b, tiny)"),
-        (["--tokenizer", str(tmp_path)], f"--tokenizer {tmp_path}: not a tokenizer directory (no tokenizer_config.json)"),
+        (["--tokenizer", str(tmp_path)],
+         f"--tokenizer {tmp_path}: not a tokenizer directory (no tokenizer_config.json)"),
         (["--tokenizer", str(smol_dir), "--variant", "nogc"],
          "--variant 'nogc': expected NAME;key.path=value[;key.path=value...]"),
     ]
