@@ -85,7 +85,8 @@ def _stop_on_signal():
 
 
 def _trainer_class():
-    """TRL's DPOTrainer, with `train_sampling_strategy: group_by_length` measured on its tokenized pairs.
+    """TRL's DPOTrainer, with `train_sampling_strategy: group_by_length` measured on its tokenized pairs, and
+    `torch_compile` applied per decoder layer.
 
     transformers' length-grouped sampler looks for an `input_ids` column, which DPO datasets do not have; here a
     pair's length is its prompt plus its longer answer, the width it pads its batch to."""
