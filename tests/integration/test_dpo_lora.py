@@ -80,10 +80,17 @@ def test_dpo_torch_compile_compiles_each_decoder_layer(tiny_model_dir, tmp_path,
         adapter = load_file(artifacts.iteration_dir(c.run_dir(), 1) / "train" / "adapter" / "adapter_model.safetensors")
         return trainer, [h for h in trainer.state.log_history if "loss" in h], adapter
 
-    _, eager, eager_adapter = run("eager", {})
+    def compiled_layers(trainer):
+        layers = trainer.model_wrapped.get_base_model().model.layers
+        assert len(layers) == 2
+        return [isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in layers]
+
+    trainer, eager, eager_adapter = run("eager", {})
+    assert compiled_layers(trainer) == [False, False]
     trainer, compiled, compiled_adapter = run("compiled", {"torch_compile": True})
-    layers = trainer.model_wrapped.get_base_model().model.layers
-    assert len(layers) == 2 and all(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in layers)
+    assert compiled_layers(trainer) == [True, True]
+    # accelerate keeps one state per process: a later run without torch_compile is not compiled
+    assert compiled_layers(run("eager-again", {})[0]) == [False, False]
     # the same training, step by step: losses (the second one after an update) and gradient norms. The adapters
     # themselves are not compared value by value: Adam's first step moves each weight by about +-lr whatever the
     # gradient's size, so bf16-level differences in near-zero gradients flip single weights
