@@ -10,9 +10,10 @@ CPU that made the LM head of the 135M demo model, 21% of its parameters, take ab
 `LogProbFunction` computes the same outputs (log-probability of each target, and the optional entropy,
 log-sum of squared probabilities, mean logit and top-1 flag) and the same gradients, one block of tokens at a
 time against the whole vocabulary: one matmul in the autocast dtype (bf16 on AMX), then one max, one
-exponentiation and sums over the block (log-normaliser, entropy, squared mass) and an in-place softmax gradient; backward recomputes the block and contracts it with one
-matmul per block (bf16 products accumulate in float32 inside oneDNN and are rounded once). `install` makes TRL use
-it for CPU tensors and score only the labelled positions there. `tests/unit/test_cpu_logprob.py` compares it with
+exponentiation and sums over the block (log-normaliser, entropy, squared mass) and an in-place softmax gradient;
+backward recomputes the block and contracts it with one matmul per block (bf16 products accumulate in float32
+inside oneDNN and are rounded once). `install` makes TRL use it for CPU tensors and score only the labelled
+positions there. `tests/unit/test_cpu_logprob.py` compares it with
 TRL's function; `bench/dpo.py` measures the train stage.
 """
 from __future__ import annotations
