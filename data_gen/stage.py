@@ -2,11 +2,13 @@
 
 Contract: reads the seeds, earlier iterations' prompts and (`data_gen.source: dataset`) the dataset; writes
 `prompts.jsonl` ({id, instruction, source, and round, fewshot_ids for self-instruct or dataset, dataset_row
-[, dataset_id] for a dataset}) and `responses.jsonl` ({id, prompt_id, sample, response, n_tokens,
+[, dataset_id] for a dataset}; with `data_gen.constraints.share` > 0 also the IFEval input fields key, prompt,
+instruction_id_list, kwargs and base_instruction, `constraints.attach`) and `responses.jsonl` ({id, prompt_id, sample, response, n_tokens,
 finish_reason, seed}, plus `anchor: true` on M0's anchor responses when `data_gen.anchor_responses` asks for
 them). With `data_gen.pool: accumulate` the prompts file starts with every earlier iteration's prompts
 (`carried: true`), which are answered again; new prompts never repeat them. Every request is seeded by its
-row, so a resumed stage produces the same rows. A local dataset file is in the identity by its sha256.
+row, so a resumed stage produces the same rows. A local dataset file is in the identity by its sha256. New prompts
+are deduplicated against the eval probes' base prompts too (the probe files are in the stage's identity).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from selfreward import artifacts, datasource, engine as engines
 from selfreward.config import Config
+from selfreward.data_gen import constraints
 from selfreward.data_gen.prompts import from_dataset, synthesize
 from selfreward.engine import Request, Sampling, seed_for
 from selfreward.launch import IterationEnded
@@ -44,7 +47,10 @@ def _earlier_prompts(iter_dir: Path) -> list[dict]:
 def _new_prompts(cfg: Config, k: int, engine, adapter: str | None, earlier: list[dict],
                  out_dir: Path) -> tuple[list[dict], dict]:
     seeds = read_jsonl(cfg.data_gen.seeds)
-    seen = [s["instruction"] for s in seeds] + [r["instruction"] for r in earlier]
+    # a new prompt must not resemble a seed, an earlier prompt (its base, without attached instructions) or the
+    # base prompt of any eval probe: nothing the gate measures is trained on
+    seen = ([s["instruction"] for s in seeds] + [r.get("base_instruction", r["instruction"]) for r in earlier]
+            + constraints.probe_bases(cfg))
     if cfg.data_gen.source == "dataset":
         used = {r["dataset_row"] for r in earlier if r.get("source") == "dataset"}
         rows = datasource.load(cfg.data_gen.dataset, cfg.run.seed)
@@ -66,8 +72,12 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     engine = engines.for_config(cfg)
     earlier = _earlier_prompts(iter_dir)
     prompts, pstats = _new_prompts(cfg, k, engine, adapter, earlier, out_dir)
+    prompts = constraints.attach(prompts, cfg, k)
+    pstats["constrained"] = sum(bool(p.get("instruction_id_list")) for p in prompts)
     if cfg.data_gen.pool == "accumulate":
         prompts = [{**r, "carried": True} for r in earlier] + prompts
+    if cfg.data_gen.constraints.share:  # IFEval keys number the rows of this file
+        prompts = [{**r, "key": i, "prompt": r["instruction"]} for i, r in enumerate(prompts)]
     pstats["pool"] = len(prompts)
     write_jsonl(out_dir / "prompts.jsonl", prompts)
 
@@ -106,10 +116,11 @@ def summary(m: dict) -> str:
     pool = x.get("prompts_pool", x["prompts_accepted"])
     carried = f" + {pool - x['prompts_accepted']} carried" if pool != x["prompts_accepted"] else ""
     source = " from the dataset" if "prompts_pool_rows" in x else ""
-    return (f"data_gen: {x['prompts_accepted']} prompts{source}{carried} ({x['prompts_candidates']} candidates, "
+    constrained = f", {x['prompts_constrained']} with constraints" if x.get("prompts_constrained") else ""
+    return (f"data_gen: {x['prompts_accepted']} prompts{source}{carried}{constrained} ({x['prompts_candidates']} candidates, "
             f"acceptance {x['prompts_acceptance_rate']:.0%}), {x['responses']} responses, "
             f"{x['response_tokens_mean']:.0f} tokens mean, {x['truncated_rate']:.0%} truncated, {x['dtype']}")
 
 
-STAGE = Stage("data_gen", reads=("data_gen", "model", "run.seed"), run=run, summary=summary, lineage=True,
+STAGE = Stage("data_gen", reads=("data_gen", "model", "run.seed", "eval.probes", "eval.capability_probes"), run=run, summary=summary, lineage=True,
               extra=_earlier_inputs)

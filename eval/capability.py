@@ -1,8 +1,7 @@
 """Capability that no judge can game: verifiable-instruction accuracy with IFEval's checkers (lm-eval).
 
 Contract:
-- `checkers()` imports lm-eval's IFEval instruction registry without lm-eval's task manager (whose imports need
-  packages the checkers do not); nltk's punkt_tab data must be installed (the Makefile extracts it).
+- `checkers()` is lm-eval's IFEval instruction registry (`selfreward.ifeval`, which the judge's verifier shares).
 - `read_ifeval(path)` reads a file in the IFEval input format (JSONL: key, prompt, instruction_id_list, kwargs)
   and raises `CapabilityError` (one line) on a malformed row or an unknown instruction id.
 - `score(rows, responses)` gives the four standard accuracies (prompt / instruction level x strict / loose)
@@ -12,12 +11,12 @@ Contract:
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
-import types
 from pathlib import Path
+
+from selfreward import ifeval
 
 CONSTANT_ANSWER = "OK."
 
@@ -26,21 +25,11 @@ class CapabilityError(ValueError):
     """A bad IFEval input file; the message is one line."""
 
 
-def _ifeval():
-    if "lm_eval.tasks" not in sys.modules:
-        spec = importlib.util.find_spec("lm_eval")
-        if spec is None:
-            raise CapabilityError("lm-eval is not installed (the Makefile installs it with --no-deps)")
-        tasks = types.ModuleType("lm_eval.tasks")  # a bare package: the checkers, not the task manager
-        tasks.__path__ = [str(Path(spec.origin).parent / "tasks")]
-        sys.modules["lm_eval.tasks"] = tasks
-    from lm_eval.tasks.ifeval import instructions_registry, utils
-
-    return instructions_registry, utils
-
-
 def checkers() -> dict:
-    return _ifeval()[0].INSTRUCTION_DICT
+    try:
+        return ifeval.checkers()
+    except ifeval.IFEvalError as e:
+        raise CapabilityError(str(e)) from None
 
 
 def read_ifeval(path: str | Path) -> list[dict]:
@@ -66,24 +55,15 @@ def read_ifeval(path: str | Path) -> list[dict]:
     return rows
 
 
-def _example(row: dict):
-    utils = _ifeval()[1]
-    return utils.InputExample(key=row["key"], instruction_id_list=row["instruction_id_list"], prompt=row["prompt"],
-                              kwargs=row["kwargs"])
-
-
 def score(rows: list[dict], responses: list[str]) -> dict:
     """IFEval's four accuracies and per-prompt outcomes ({key: {strict, loose, instructions}})."""
-    utils = _ifeval()[1]
     per_prompt, inst_strict, inst_loose = {}, [], []
     for row, response in zip(rows, responses):
-        strict = utils.test_instruction_following_strict(_example(row), response)
-        loose = utils.test_instruction_following_loose(_example(row), response)
-        inst_strict += strict.follow_instruction_list
-        inst_loose += loose.follow_instruction_list
-        per_prompt[str(row["key"])] = {"strict": strict.follow_all_instructions,
-                                       "loose": loose.follow_all_instructions,
-                                       "instructions": strict.follow_instruction_list}
+        verdict = ifeval.verify(row, response)
+        inst_strict += verdict["strict"]
+        inst_loose += verdict["loose"]
+        per_prompt[str(row["key"])] = {"strict": all(verdict["strict"]), "loose": all(verdict["loose"]),
+                                       "instructions": verdict["strict"]}
     n = max(len(per_prompt), 1)
     return {"prompt_strict": sum(p["strict"] for p in per_prompt.values()) / n,
             "prompt_loose": sum(p["loose"] for p in per_prompt.values()) / n,
@@ -146,7 +126,7 @@ INSTRUCTIONS = [
 def compose_probes(n: int = 120, seed: int = 0) -> list[dict]:
     """n IFEval-format probes: each base prompt with one or two instructions whose descriptions the checkers
     write themselves, every instruction type used about equally."""
-    registry = _ifeval()[0]
+    registry = ifeval.registry()
     rng = random.Random(seed)
     rows = []
     for key in range(n):

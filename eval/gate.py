@@ -5,7 +5,11 @@ decision written to `decision.json`: every improvement measure and every guard w
 pass/fail and a reason in plain words; `passed` is true only when at least one improvement measure is
 significant (its 95% interval clears its bound) and no enforced guard fails. A candidate identical to its
 parent has a win rate of exactly 0.5 and no capability change, so it is refused for "no evidence of
-improvement". A metric that could not be measured fails its guard: the gate never passes on a missing value.
+improvement". A capability gain is evidence only when the probes (or instructions) a constant short answer
+fails gain too (`capability_needs_hard_gain`, on by default): otherwise a model that learnt to say less would
+pass. A metric that could not be measured fails its guard: the gate never passes on a missing value; a guard
+with nothing to compare by design (no previous judge, a run without constraints for the type splits) passes and
+says why.
 """
 from __future__ import annotations
 
@@ -18,17 +22,35 @@ def _ci(ci) -> str:
     return "" if not ci or ci[0] is None else f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})"
 
 
+def _split(m: dict, name: str) -> dict:
+    return (m.get("capability_splits") or {}).get(name) or {}
+
+
+def _evidence(m: dict, g) -> list[tuple]:
+    """(name, value, ci95, bound, what, hard gain or None): each improvement measure the gate can name."""
+    out = [("win_rate", m["win_rate"], m["win_rate_ci95"], g.min_win_rate, "frozen-M0 win rate", None),
+           ("capability", m["capability_gain"], m["capability_gain_ci95"], g.min_capability_gain,
+            "IFEval prompt-level strict accuracy gain", (m.get("capability_gain_hard"), "probes"))]
+    for name, what in (("trained", "trained"), ("held_out", "held-out")):
+        s = _split(m, name)
+        out.append((f"capability_{name}", s.get("gain"), s.get("gain_ci95") or [None, None], g.min_capability_gain,
+                    f"instruction-level strict accuracy gain on the {what} types", (s.get("gain_hard"), "instructions")))
+    return out
+
+
 def improvements(m: dict, g) -> list[dict]:
-    specs = [("win_rate", "win_rate", g.min_win_rate, "frozen-M0 win rate"),
-             ("capability", "capability_gain", g.min_capability_gain, "IFEval prompt-level strict accuracy gain")]
     rows = []
-    for name, key, bound, what in specs:
+    for name, value, ci, bound, what, hard in _evidence(m, g):
         if name not in g.improvement:
             continue
-        ci = m[f"{key}_ci95"]
         ok = ci[0] is not None and ci[0] > bound
-        rows.append({"metric": name, "value": m[key], "ci95": ci, "bound": bound, "significant": ok,
-                     "reason": f"{what} {_fmt(m[key])}{_ci(ci)} {'is above' if ok else 'does not clear'} {bound}"})
+        reason = f"{what} {_fmt(value)}{_ci(ci)} {'is above' if ok else 'does not clear'} {bound}"
+        if ok and hard is not None and g.capability_needs_hard_gain and not (hard[0] is not None and hard[0] > 0):
+            ok = False  # a gain only where "OK." already passes: the model may have learnt to say less
+            reason += (f", but on the {hard[1]} a constant short answer fails it is {_fmt(hard[0])}: a gain only "
+                       f"where a short answer passes is not evidence (eval.gate.capability_needs_hard_gain)")
+        rows.append({"metric": name, "value": value, "ci95": ci, "bound": bound, "significant": ok,
+                     "reason": reason})
     return rows
 
 
@@ -44,6 +66,10 @@ def _guard_specs(m: dict, g) -> list[tuple]:
          "accuracy change vs the previous model"),
         ("capability", "capability_gain_vs_m0", m["capability_gain_vs_m0"], ">=", -g.max_capability_drop,
          "accuracy change vs M0"),
+        ("capability_trained", "capability_trained_gain", _split(m, "trained").get("gain"), ">=",
+         -g.max_capability_drop, "trained-type accuracy change vs the previous model"),
+        ("capability_held_out", "capability_held_out_gain", _split(m, "held_out").get("gain"), ">=",
+         -g.max_capability_drop, "held-out-type accuracy change vs the previous model"),
         ("length", "length_ratio", m["length_ratio"], ">=", g.min_length_ratio, "mean length vs previous"),
         ("length", "length_ratio", m["length_ratio"], "<=", g.max_length_ratio, "mean length vs previous"),
         ("distinct2", "distinct2_ratio", m["distinct2_ratio"], ">=", g.min_distinct2_ratio, "distinct-2 vs previous"),
@@ -63,16 +89,28 @@ def _guard_specs(m: dict, g) -> list[tuple]:
     ]
 
 
+def _not_applicable(m: dict, metric: str) -> str | None:
+    """Why a guard has nothing to compare, where that is by design (not a failure to measure)."""
+    if metric == "known_answer_delta" and m.get("known_answer_delta_reason") == "no previous judge":
+        return "no previous judge"
+    name = {"capability_trained_gain": "trained", "capability_held_out_gain": "held_out"}.get(metric)
+    splits = m.get("capability_splits") or {}
+    if name and name in splits and splits[name] is None:
+        return splits.get("reason") or "no constrained prompts"
+    if name and (splits.get(name) or {}).get("n_instructions") == 0:
+        return "no probe carries these types"
+    return None
+
+
 def guards(m: dict, g) -> list[dict]:
     rows = []
     for guard, metric, value, op, bound, what in _guard_specs(m, g):
         if guard not in g.guards:
             continue
-        optional = metric == "known_answer_delta" and m.get("known_answer_delta_reason") == "no previous judge"
+        why_not = _not_applicable(m, metric)
         if value is None:
-            ok = optional
-            why = f"{metric} ({what}) not applicable: no previous judge" if optional else \
-                f"{metric} ({what}) could not be measured"
+            ok = why_not is not None
+            why = f"{metric} ({what}) not applicable: {why_not}" if ok else f"{metric} ({what}) could not be measured"
         else:
             ok = value >= bound if op == ">=" else value <= bound
             why = f"{metric} {_fmt(value)} ({what}) {'meets' if ok else 'fails'} {op} {bound:g}"

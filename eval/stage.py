@@ -6,7 +6,8 @@ gate's `decision.json`. The `BASELINE` stage writes M0's outputs to iter_000/eva
 compares with the outputs of the iteration that produced M(k-1). Measures: drift (KL per token on the
 candidate's temperature-1 samples, entropy, length), collapse (distinct-2, repetition, cross-response overlap,
 semantic similarity; prompt drift of the synthesised prompts), capability (IFEval checkers, with the constant
-answer floor), judge health (self-judging, and the judge stage's known-answer accuracy and saturation compared
+answer floor; gains resampled by base prompt and split by trained / held-out type and by what a short answer
+passes, `eval/splits.py`, beside the capability answers' length change), judge health (self-judging, and the judge stage's known-answer accuracy and saturation compared
 with the previous iteration) and the frozen M0 judge's both-order win rate.
 """
 from __future__ import annotations
@@ -16,11 +17,10 @@ from pathlib import Path
 from selfreward import artifacts, engine as engines
 from selfreward.config import Config
 from selfreward.engine import ScoreRequest
-from selfreward.eval import capability, diversity, gate, preference, probes
+from selfreward.eval import capability, diversity, gate, preference, probes, splits
 from selfreward.eval.metrics import entropy_per_token, kl_estimate
 from selfreward.lifecycle import Outputs, Stage
 from selfreward.records import read_json, read_jsonl, write_json
-from selfreward.stats import bootstrap_mean
 
 JUDGING_KEYS = tuple(f"judge.{k}" for k in ("constitution", "mode", "format", "structured", "num_judgments",
                                              "temperature", "max_tokens", "reason_max_chars", "min_score_mass"))
@@ -45,6 +45,9 @@ def baseline(cfg: Config, iter_dir: Path) -> Outputs:
 
 def _flat(metrics: dict) -> dict:
     out = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    for name, split in (metrics.get("capability_splits") or {}).items():
+        if isinstance(split, dict):
+            out.update({f"capability_splits_{name}_{k}": v for k, v in split.items() if k in ("accuracy", "gain")})
     out.update({f"capability_{k}": v for k, v in metrics.get("capability", {}).items()})
     out.update({f"capability_floor_{k}": v for k, v in (metrics.get("capability_floor") or {}).items()})
     return out
@@ -54,11 +57,16 @@ def _tag(rows: list[dict], name: str) -> list[dict]:
     return [{**r, "id": f"{name}:{r['id']}"} for r in rows]
 
 
-def _paired_gain(cand: dict, base: dict, seed: int) -> tuple[float | None, list]:
-    """Mean per-prompt strict accuracy difference with a paired bootstrap 95% interval."""
-    diffs = [float(cand[k]) - float(base[k]) for k in cand if k in base]
-    lo, hi = bootstrap_mean(diffs, seed=seed)
-    return (sum(diffs) / len(diffs) if diffs else None), [lo, hi]
+def _capability(cfg: Config, cand: list[dict], before: list[dict], m0: list[dict]) -> dict:
+    """Capability gains (by base prompt, split by type and by what a short answer passes) and the length change
+    of the capability answers beside them."""
+    rows = capability.read_ifeval(cfg.eval.capability_probes)
+    by_id = [{r["id"]: r for r in side} for side in (cand, before, m0)]
+    texts = [[side[str(r["key"])]["response"] for r in rows] for side in by_id]
+    out = splits.gains(rows, *texts, cfg, cfg.run.seed)
+    lengths = [sum(r["n_tokens"] for r in side) / len(side) for side in (cand, before)]
+    out["capability_length_ratio"] = _ratio(*lengths)
+    return out
 
 
 def _ratio(new, old):
@@ -108,14 +116,11 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
                                _tag(before["probes"], "drift") + _tag(before["capability"], "cap"),
                                out_dir / "shards", f"iter {k}",
                                judge_adapter=artifacts.m0_adapter(iter_dir.parent))
-    gain, gain_ci = _paired_gain(side["capability_per_prompt"], prev["capability_per_prompt"], cfg.run.seed)
-    gain_m0, gain_m0_ci = _paired_gain(side["capability_per_prompt"], m0["capability_per_prompt"], cfg.run.seed)
     seeds = [s["instruction"] for s in read_jsonl(cfg.data_gen.seeds)]
     prompts = [p["instruction"] for p in read_jsonl(iter_dir / "data_gen" / "prompts.jsonl")]
     metrics = {**side, **pref, **_drift(engine, cand["probes"], adapter, artifacts.parent_adapter(iter_dir)),
                **_judge_health(iter_dir),
-               "capability_gain": gain, "capability_gain_ci95": gain_ci,
-               "capability_gain_vs_m0": gain_m0, "capability_gain_vs_m0_ci95": gain_m0_ci,
+               **_capability(cfg, cand["capability"], before["capability"], read_jsonl(m0_dir / "capability.jsonl")),
                "capability_floor": m0.get("capability_floor"),
                "prompt_drift": diversity.prompt_drift(prompts, seeds),
                "previous": {key: prev.get(key) for key in ("distinct2", "length_mean", "judge_valid_rate",
@@ -140,8 +145,11 @@ def summary(m: dict) -> str:
     def f(key):
         return "n/a" if x.get(key) is None else f"{x[key]:.3f}"
 
+    splits_ = "".join(f", {name.replace('_', '-')} types gain {f(f'capability_splits_{name}_gain')}"
+                      for name in ("trained", "held_out") if x.get(f"capability_splits_{name}_gain") is not None)
     return (f"eval: win rate {f('win_rate')} (n={x['win_rate_n']}), IFEval prompt-strict "
-            f"{f('capability_prompt_strict')} (gain {f('capability_gain')}), length ratio {f('length_ratio')}, "
+            f"{f('capability_prompt_strict')} (gain {f('capability_gain')}; on probes a short answer fails "
+            f"{f('capability_gain_hard')}{splits_}), length ratio {f('length_ratio')}, "
             f"distinct-2 ratio {f('distinct2_ratio')}, semantic similarity {f('semantic_similarity')}, "
             f"KL/token {f('kl_per_token')}, {x['dtype']}; gate {'PASSED' if x['gate_passed'] else 'FAILED'}")
 

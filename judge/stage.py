@@ -8,7 +8,9 @@ consecutive judges are compared); writes
 - `known_answer.jsonl`: original vs corrupted checks with both scores;
 - `consistency.jsonl`: this judge's scores of the fixed set;
 - `stats.json`: judge health (valid rate, histogram, top-score share, ties, yield, margin, length bias,
-  known-answer accuracy with intervals, Kendall tau with the previous iteration's judge).
+  known-answer accuracy with intervals, Kendall tau with the previous iteration's judge) and, with
+  `judge.verify: ifeval`, the verifier's pass rates, which signal decided the pairs, and the self-judge's
+  agreement with the verifier (`judge/verify.py`); the verdicts are stored on the judgments too.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from selfreward import artifacts, constitution, engine as engines
 from selfreward.config import Config
 from selfreward.engine import Sampling
-from selfreward.judge import health, known_answer
+from selfreward.judge import health, known_answer, verify
 from selfreward.judge.pairs import build_pairs, confirm
 from selfreward.judging import TOP_LOGPROBS, judge_items, mean_scores, pairwise_request, preference_a, read_template
 from selfreward.lifecycle import Outputs, Stage
@@ -94,6 +96,9 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
               "response": r["response"]} for r in responses]
     judgments = judge_items(engine, con, cfg.judge, items, adapter, (cfg.run.seed, k, "judge"), run_sharded,
                             out_dir / "shards", "judgments", f"iter {k} judge")
+    found = verify.verdicts(prompts, responses) if cfg.judge.verify == "ifeval" else None
+    if found:  # the verifier's verdicts are stored on the judgments of the response they check
+        judgments = [{**j, "verdict": found[j["response_id"]]} if j["response_id"] in found else j for j in judgments]
     write_jsonl(out_dir / "judgments.jsonl", judgments)
 
     lin = artifacts.lineage(iter_dir)
@@ -106,7 +111,9 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     for j in judgments:
         raw.setdefault(j["response_id"], []).append(j["raw"])
     scores = mean_scores(judgments)
-    pairs, dropped = build_pairs(prompts, responses, scores, raw, cfg.judge, provenance)
+    reward = verify.rewarded(found, responses, cfg.judge, (cfg.run.seed, k)) if found is not None else None
+    pairs, dropped = build_pairs(prompts, responses, scores, raw, cfg.judge, provenance, reward,
+                                 (con.score_min, con.score_max))
     if cfg.judge.confirm_both_orders and pairs:
         pairs, dropped["unconfirmed"] = _confirm(engine, cfg, pairs, adapter, out_dir, k)
     write_jsonl(out_dir / "pairs.jsonl", pairs)
@@ -114,10 +121,18 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     checks = _judge_checks(engine, cfg, con, prompts, responses, adapter, out_dir, k)
     stats = health.summarise(con, judgments, scores, responses, prompts, pairs, dropped, checks["known"],
                              checks["consistency"])
+    if found is not None:
+        stats["verifier"] = {**verify.summary(found, responses, prompts), "rule": cfg.judge.reward_rule(),
+                             "control": cfg.judge.verify_control,
+                             "decided_by": {s: sum(p["provenance"]["reward"]["decided_by"] == s for p in pairs)
+                                            for s in ("verifier", "judge", "weighted")},
+                             "agreement": verify.agreement(responses, found, scores)}
     write_json(out_dir / "stats.json", stats)
     outputs = {name: out_dir / f"{name}.jsonl" for name in ("judgments", "pairs", "known_answer", "consistency")}
     metrics = {key: v for key, v in stats.items() if key not in ("score_histogram", "constitution")}
     metrics["known_answer"] = {key: v for key, v in stats["known_answer"].items() if key != "by_corruption"}
+    if found is not None:
+        metrics["verifier_agreement"] = stats["verifier"]["agreement"]
     metrics.update(dtype=engine.dtype, mode=cfg.judge.mode)
     return Outputs({**outputs, "stats": out_dir / "stats.json"}, metrics)
 
@@ -132,7 +147,18 @@ def summary(m: dict) -> str:
     return (f"judge ({x['mode']}, {x['dtype']}): {x['valid']}/{x['judgments']} judgments valid ({x['valid_rate']:.0%}), mean score "
             f"{f(x['score_mean'])}, {x['pairs']} pairs from {x['prompts']} prompts (dropped: "
             f"{', '.join(f'{k} {v}' for k, v in x['dropped'].items() if v) or 'none'}), known-answer accuracy "
-            f"{f(ka['accuracy'])} (n={ka['n']}), tau vs previous judge {f(x['consistency']['kendall_tau'])}")
+            f"{f(ka['accuracy'])} (n={ka['n']}){_agreement(x)}, tau vs previous judge "
+            f"{f(x['consistency']['kendall_tau'])}")
+
+
+def _agreement(x: dict) -> str:
+    a = x.get("verifier_agreement")
+    if not a:
+        return ""
+    if a["accuracy"] is None:
+        return ", judge-verifier agreement n/a (no prompt with a passing and a failing response)"
+    return (f", judge-verifier agreement {a['accuracy']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] "
+            f"(n={a['n']} pass/fail pairs)")
 
 
 STAGE = Stage("judge", reads=("judge", "model", "run.seed", "eval.pairwise_template", "eval.judge_prefill"),

@@ -58,6 +58,39 @@ class ModelCfg(Section):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (CUDA only).")
 
 
+# IFEval instruction types (lm-eval's checkers): what data_gen attaches by default, and what it holds out so that
+# eval can show whether a gain generalises to types never trained on. Both are types of the shipped probes.
+DEFAULT_CONSTRAINT_TYPES = [
+    "punctuation:no_comma", "change_case:english_lowercase", "length_constraints:number_words",
+    "length_constraints:number_paragraphs", "detectable_format:number_bullet_lists", "detectable_format:title",
+    "detectable_format:number_highlighted_sections", "detectable_format:json_format",
+    "detectable_format:multiple_sections", "detectable_content:number_placeholders", "keywords:existence",
+    "keywords:forbidden_words", "keywords:frequency", "keywords:letter_frequency", "startend:end_checker",
+    "change_case:capital_word_frequency"]
+DEFAULT_HOLD_OUT_TYPES = ["change_case:english_capital", "detectable_content:postscript", "startend:quotation",
+                          "length_constraints:number_sentences"]
+
+
+class ConstraintsCfg(Section):
+    share: float = Field(0.0, ge=0, le=1, description="Share of each iteration's new prompts that carry verifiable "
+                                                      "instructions (0 = none, pure self-judging).")
+    types: list[str] = Field(default_factory=lambda: list(DEFAULT_CONSTRAINT_TYPES), min_length=1,
+                             description="IFEval instruction types attached to training prompts (lm-eval's ids).")
+    hold_out_types: list[str] = Field(default_factory=lambda: list(DEFAULT_HOLD_OUT_TYPES),
+                                      description="Types never attached to training prompts: eval reports them "
+                                                  "apart, as generalisation.")
+    max_per_prompt: int = Field(1, ge=1, le=3, description="A constrained prompt carries 1 to this many "
+                                                            "non-conflicting instructions.")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "ConstraintsCfg":
+        both = sorted(set(self.types) & set(self.hold_out_types))
+        if both:
+            raise ValueError(f"hold_out_types {both} are also training types (types): a held-out type is never "
+                             f"trained on")
+        return self
+
+
 class DataGenCfg(Section):
     source: Literal["self_instruct", "dataset"] = Field(
         "self_instruct", description="Where new prompts come from: M(k-1) writes them from the seeds "
@@ -93,6 +126,8 @@ class DataGenCfg(Section):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling for responses.")
     max_tokens: int = Field(192, ge=8, description="Token budget of one response.")
     shard_size: int = Field(32, ge=1, description="Responses per shard; a rerun skips finished shards.")
+    constraints: ConstraintsCfg = Field(default_factory=ConstraintsCfg,
+                                        description="Verifiable instructions attached to new prompts (IFEval format).")
 
     @model_validator(mode="after")
     def _words(self) -> "DataGenCfg":
@@ -130,9 +165,33 @@ class JudgeCfg(Section):
     confirm_both_orders: bool = Field(False, description="Keep a pair only if the same judge prefers chosen in a "
                                                          "pairwise comparison in both orders.")
     allow_truncated: bool = Field(False, description="Let a response cut by max_tokens be chosen.")
+    verify: Literal["none", "ifeval"] = Field(
+        "none", description="ifeval: every response to a constrained prompt is checked by lm-eval's IFEval checkers "
+                            "(strict and loose, per instruction); the verdicts are stored on its judgments.")
+    reward: Literal["auto", "judge", "verifier", "verifier_first", "weighted"] = Field(
+        "auto", description="How a constrained prompt's responses are ranked: verifier_first (auto's choice with "
+                            "verify: ifeval): share of instructions passed (strict), the judge's score breaks ties; "
+                            "verifier: the share alone (a tie makes no pair); weighted: verifier_weight x share + "
+                            "(1 - verifier_weight) x the judge's score scaled to [0, 1]; judge: the judge alone "
+                            "(auto's choice without verify). Unconstrained prompts are always ranked by the judge.")
+    verifier_weight: float = Field(0.5, ge=0, le=1, description="reward: weighted: the verifier's weight.")
+    verify_control: Literal["none", "shuffled"] = Field(
+        "none", description="shuffled: a negative control; each response gets the verdicts of a response to the "
+                            "same prompt drawn at random (seeded), so the reward carries no information.")
     known_answer_pairs: int = Field(32, ge=0, description="Known-answer checks of the judge per iteration "
                                                           "(original vs corrupted copy); 0 turns them off.")
     shard_size: int = Field(64, ge=1, description="Judge requests per shard; a rerun skips finished shards.")
+
+    @model_validator(mode="after")
+    def _signals(self) -> "JudgeCfg":
+        if self.verify == "none" and self.reward in ("verifier", "verifier_first", "weighted"):
+            raise ValueError(f"reward: {self.reward} ranks by the verifier's verdicts, which need verify: ifeval")
+        if self.verify == "none" and self.verify_control != "none":
+            raise ValueError("verify_control: shuffled shuffles the verifier's verdicts, which need verify: ifeval")
+        return self
+
+    def reward_rule(self) -> str:
+        return ("verifier_first" if self.verify == "ifeval" else "judge") if self.reward == "auto" else self.reward
 
 
 class TrainCfg(Section):
@@ -180,22 +239,32 @@ class SftCfg(Section):
         return self
 
 
-GUARDS = ("capability", "length", "distinct2", "semantic_similarity", "repetition", "cross_overlap", "kl",
+GUARDS = ("capability", "capability_trained", "capability_held_out", "length", "distinct2", "semantic_similarity", "repetition", "cross_overlap", "kl",
           "judge_valid_rate", "known_answer", "judge_saturation")
 
 
 class GateCfg(Section):
-    improvement: list[Literal["win_rate", "capability"]] = Field(
+    improvement: list[Literal["win_rate", "capability", "capability_trained", "capability_held_out"]] = Field(
         default_factory=lambda: ["win_rate", "capability"], min_length=1,
-        description="Evidence of improvement: promotion needs at least one of these significant at 95%.")
+        description="Evidence of improvement: promotion needs at least one of these significant at 95% "
+                    "(capability: IFEval prompt-level strict accuracy on every probe; capability_trained / "
+                    "capability_held_out: instruction-level strict accuracy on the types the run trains on / "
+                    "holds out).")
     guards: list[Literal[GUARDS]] = Field(default_factory=lambda: list(GUARDS),
                                           description="Guarded metrics: any that regresses beyond its bound refuses.")
-    min_win_rate: float = Field(0.5, ge=0, lt=1, description="Improvement when the frozen-M0 win rate's 95% lower "
-                                                             "bound is above this (0.5: preferred more often than not).")
+    min_win_rate: float = Field(0.55, ge=0, lt=1,
+                                description="Improvement when the frozen-M0 win rate's 95% lower bound is above this. "
+                                            "0.55: the win rate averages soft preferences, so its interval is narrow "
+                                            "and a barely changed model clears 0.5 by thousandths; 0.55 asks the "
+                                            "frozen judge to prefer the candidate 11 times to 9.")
+    capability_needs_hard_gain: bool = Field(
+        True, description="A capability gain counts only when the probes a constant short answer fails gain too "
+                          "(a reward from checkers can teach a model to say less instead of following "
+                          "instructions).")
     min_capability_gain: float = Field(0.0, ge=0, lt=1, description="Improvement when the 95% lower bound of the "
                                                                     "prompt-level strict accuracy gain exceeds this.")
     max_capability_drop: float = Field(0.05, ge=0, le=1, description="Guard: accuracy may fall at most this below "
-                                                                     "the previous model and M0 (about 2 probes in 40).")
+                                                                     "the previous model and M0 (6 probes in 120).")
     min_length_ratio: float = Field(0.5, gt=0, description="Guard: candidate/previous mean length at least this.")
     max_length_ratio: float = Field(2.0, gt=0, description="Guard: at most this (Self-Rewarding runs grew 2.3x in "
                                                            "three iterations).")
@@ -454,6 +523,7 @@ def check_inputs(cfg: Config, origin: str, offline_hub_ok: bool = False) -> None
         raise RecipeError(f"{origin}: launch.accelerate_config: file not found: {cfg.launch.accelerate_config}")
     if cfg.launch.accelerate_config:
         _check_accelerate_config(cfg.launch.accelerate_config, origin)
+    _check_constraints(cfg, origin)
     for section, key in TOKEN_BUDGETS:
         if section == "sft" and not cfg.sft.enabled:
             continue  # a section that does not run does not constrain the model
@@ -462,6 +532,30 @@ def check_inputs(cfg: Config, origin: str, offline_hub_ok: bool = False) -> None
             raise RecipeError(f"{origin}: {section}.{key}: {budget} tokens do not fit in model.max_model_len="
                               f"{cfg.model.max_model_len} (the prompt needs room too)")
     _check_output_dir(cfg.run_dir(), origin)
+
+
+def _check_constraints(cfg: Config, origin: str) -> None:
+    """Instruction types must be lm-eval checkers that data_gen can attach; verification needs constrained prompts."""
+    from selfreward import ifeval
+
+    cons = cfg.data_gen.constraints
+    if cfg.judge.verify == "ifeval" and cons.share == 0:
+        raise RecipeError(f"{origin}: judge.verify: ifeval needs constrained prompts (data_gen.constraints.share > 0)")
+    named = set(cfg.eval.gate.improvement + cfg.eval.gate.guards) & {"capability_trained", "capability_held_out"}
+    if cons.share == 0 and not named:
+        return
+    try:
+        known, attachable = set(ifeval.checkers()), set(ifeval.attachable())
+    except ifeval.IFEvalError as e:
+        raise RecipeError(f"{origin}: data_gen.constraints: {e}") from None
+    for key in ("types", "hold_out_types"):
+        for iid in getattr(cons, key):
+            if iid not in known:
+                raise RecipeError(f"{origin}: data_gen.constraints.{key}: unknown instruction type {iid!r} (lm-eval's "
+                                  f"IFEval ids, such as punctuation:no_comma)")
+            if key == "types" and iid not in attachable:
+                raise RecipeError(f"{origin}: data_gen.constraints.types: {iid!r} needs text from the prompt's author "
+                                  f"and cannot be attached to a generated prompt")
 
 
 def _check_accelerate_config(path: str, origin: str) -> None:
@@ -565,6 +659,12 @@ def identity(data: dict) -> dict:
         dg.pop("pool")
     if not (data.get("sft") or {}).get("enabled"):
         data.pop("sft", None)
+    if isinstance(dg, dict) and not (dg.get("constraints") or {}).get("share"):
+        dg.pop("constraints", None)
+    judge = data.get("judge")
+    if isinstance(judge, dict) and judge.get("verify", "none") == "none":
+        for key in ("verify", "reward", "verifier_weight", "verify_control"):
+            judge.pop(key, None)
     for op in OPERATIONAL:
         *parents, key = op.rstrip(".").split(".")
         node = data

@@ -201,7 +201,31 @@ def win_and_capability(run: Run) -> str:
     return section("win-rate", "Win rate and capability", note(run.missing("eval")),
                    img(png, "win rate and IFEval capability with 95% intervals"),
                    table(["iteration", "win rate vs M(k-1)", "95% CI", "pairs judged", "IFEval prompt strict",
-                          "gain vs M(k-1)", "95% CI", "gain vs M0", "95% CI"], rows))
+                          "gain vs M(k-1)", "95% CI", "gain vs M0", "95% CI"], rows), _capability_splits(later))
+
+
+def _capability_splits(later: dict[int, dict]) -> str:
+    """Where a capability gain comes from: probes a short answer fails or passes, trained and held-out types."""
+    rows = []
+    for k, m in sorted(later.items()):
+        rows.append([k, m.get("capability_gain_hard"), m.get("capability_gain_hard_ci95"),
+                     m.get("capability_gain_easy"), m.get("capability_gain_easy_ci95"),
+                     m.get("capability_length_ratio")])
+        for name, label in (("trained", "trained types"), ("held_out", "held-out types")):
+            s = (m.get("capability_splits") or {}).get(name)
+            if s and s.get("accuracy") is not None:
+                rows[-1] += [f"{fmt(s['accuracy'])} (floor {fmt(s['floor'])}, n={s['n_instructions']})",
+                             f"{fmt(s['gain'])} {fmt(s['gain_ci95'])}"]
+            else:
+                rows[-1] += ["n/a", "n/a"]
+    if not rows:
+        return ""
+    return ('<h3>Where the capability gain comes from</h3><p class="meta">Gains vs M(k-1) with 95% intervals that '
+            'resample base prompts. "Hard" probes are those the constant answer "OK." fails: a gain on the easy ones '
+            'alone can be a model saying less. Type splits are instruction-level strict accuracy on the instruction '
+            'types the run trains on and holds out.</p>'
+            + table(["iteration", "gain, hard probes", "95% CI", "gain, easy probes", "95% CI",
+                     "answer length vs M(k-1)", "trained types", "gain", "held-out types", "gain"], rows))
 
 
 def _accuracy(v: dict) -> str:
@@ -227,7 +251,26 @@ def known_answer(run: Run) -> str:
                    img(plots.known_answer(by_kind), "known-answer accuracy by corruption type"),
                    '<p class="meta">The share of checks in which the judge scored the original response above '
                    'its corrupted copy, with its 95% interval and the number of checks.</p>' if rows else "",
-                   table(["iteration", *kinds], rows))
+                   table(["iteration", *kinds], rows), _verifier_agreement(run))
+
+
+def _verifier_agreement(run: Run) -> str:
+    """The self-judge against the IFEval verifier on the model's own responses (judge.verify: ifeval)."""
+    rows = []
+    for k in run.ks("judge"):
+        v = (run.json(k, "judge", "stats.json") or {}).get("verifier")
+        if v:
+            a = v["agreement"]
+            rows.append([k, v["rule"] + (" (shuffled control)" if v.get("control") == "shuffled" else ""),
+                         v["prompt_strict"], f"{fmt(a['accuracy'])} {fmt(a['ci95'])}", a["n"], a["ties"],
+                         ", ".join(f"{s} {n}" for s, n in v["decided_by"].items() if n) or "none"])
+    if not rows:
+        return ""
+    return ('<h3>The judge against the verifier</h3><p class="meta">On prompts with verifiable instructions, the '
+            'share of (passing, failing) response pairs to one prompt in which the self-judge scored the passing '
+            'response higher (0.5 is chance; ties count as not higher), with its 95% interval.</p>'
+            + table(["iteration", "reward rule", "responses passing (prompt strict)", "judge agrees with verifier",
+                     "pairs", "ties", "pairs decided by"], rows))
 
 
 def pairs(run: Run) -> str:

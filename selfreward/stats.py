@@ -73,11 +73,26 @@ def kendall_tau_b(x: list[float], y: list[float]) -> float | None:
     return (concordant - discordant) / denom if denom else None
 
 
-def bootstrap_mean(values: list[float], seed: int = 0, reps: int = 2000) -> tuple[float | None, float | None]:
-    """Percentile bootstrap 95% interval of a mean; (None, None) for no values."""
+def bootstrap_mean(values: list[float], seed: int = 0, reps: int = 2000,
+                   clusters: list | None = None) -> tuple[float | None, float | None]:
+    """Percentile bootstrap 95% interval of a mean; (None, None) for no values. With `clusters` (one label per
+    value), whole clusters are resampled: values that share a label (probes built on one base prompt) are not
+    independent, and resampling them one by one would make the interval too narrow."""
     if not values:
         return None, None
     rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    if clusters is None:
+        n = len(values)
+        means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+        return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
+    groups: dict = {}
+    for v, c in zip(values, clusters, strict=True):
+        groups.setdefault(c, []).append(v)
+    sums = [(sum(g), len(g)) for g in groups.values()]
+    m = len(sums)
+    means = []
+    for _ in range(reps):
+        draw = [sums[rng.randrange(m)] for _ in range(m)]
+        means.append(sum(s for s, _ in draw) / sum(n for _, n in draw))
+    means.sort()
     return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]

@@ -25,6 +25,16 @@ def tree_digest(path):
     (lambda d, t: d["data_gen"].update(n_responses=1), "data_gen.n_responses: Input should be greater than"),
     (lambda d, t: d["train"].update(beta=-0.5), "train.beta: Input should be greater than 0"),
     (lambda d, t: d["train"].update(dpo_overrides={"not_a_dpo_arg": 1}), "train.dpo_overrides:"),
+    (lambda d, t: d["data_gen"].update(constraints={"share": 0.5, "types": ["punctuation:no_semicolon"]}),
+     "data_gen.constraints.types: unknown instruction type 'punctuation:no_semicolon'"),
+    (lambda d, t: d["data_gen"].update(constraints={"share": 0.5, "types": ["punctuation:no_comma"],
+                                                    "hold_out_types": ["punctuation:no_comma"]}),
+     "hold_out_types ['punctuation:no_comma'] are also training types"),
+    (lambda d, t: d["data_gen"].update(constraints={"share": 1.5}),
+     "data_gen.constraints.share: Input should be less than or equal to 1"),
+    (lambda d, t: d["judge"].update(verify="ifeval"), "judge.verify: ifeval needs constrained prompts"),
+    (lambda d, t: d["judge"].update(reward="verifier_first"),
+     "judge: reward: verifier_first ranks by the verifier's verdicts, which need verify: ifeval"),
 ])
 def test_bad_recipe_exits_before_loading_and_leaves_run_untouched(tmp_path, recipe_data, mutate, expected, cli, write_recipe):
     recipe_data.update(model={}, train={})
