@@ -371,7 +371,8 @@ class Config(Section):
 # keys that change how a run is carried out, not what it produces: a resumed run may change them
 OPERATIONAL = ("run.iterations", "run.output_dir", "run.oversight", "data_gen.shard_size", "judge.shard_size",
                "eval.shard_size", "eval.gate.on_fail", "train.save_steps", "tracking.", "launch.mode",
-               "model.kv_cache_gib", "model.gpu_memory_utilization", "launch.gpus_per_node", "launch.train_nodes")
+               "model.kv_cache_gib", "model.gpu_memory_utilization", "launch.gpus_per_node", "launch.train_nodes",
+               "launch.stop_within_s")
 
 # recipe keys renamed to TRL's names: an old key is an error that names the new one
 RENAMED = {"train.batch_size": "train.per_device_train_batch_size",

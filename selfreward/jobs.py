@@ -4,9 +4,8 @@ Contract:
 - `python -m selfreward.jobs info RECIPE [key=value ...] [--shell]` validates the recipe as `selfreward validate`
   does and checks it against the allocation it runs in (the tensor-parallel size must divide the GPUs per node);
   it prints the git commit and the resolved config; with --shell as `#` comment lines followed by `NAME=value`
-  lines (RUN_DIR, ITERATIONS, TP, TRAIN_PROCESSES, LAUNCH_MODE, ACCELERATE_CONFIG, GPUS_PER_NODE, TRAIN_NODES,
-  COMMIT, ...) that a script
-  can `eval`. A mistake is one line and exit code 2; nothing is written.
+  lines (RUN_DIR, RUN_NAME, ITERATIONS, TP, LAUNCH_MODE, ACCELERATE_CONFIG, GPUS_PER_NODE, TRAIN_NODES, COMMIT)
+  that a script can `eval`. A mistake is one line and exit code 2; nothing is written.
 - `python -m selfreward.jobs stage RECIPE STAGE ITERATION [key=value ...] [--force]` runs one stage
   (`baseline` with iteration 0, or data_gen, judge, train, eval) through the same lifecycle as `selfreward
   run`: it holds the run directory's lock, skips a finished stage, refuses a stage whose upstream stage has
@@ -58,8 +57,7 @@ def cmd_info(args) -> int:
         check_allocation(cfg)
     facts = {"RUN_DIR": str(Path(os.path.abspath(cfg.run_dir()))), "RUN_NAME": cfg.run.name,
              "ITERATIONS": str(cfg.run.iterations), "TP": str(cfg.model.tensor_parallel_size),
-             "TRAIN_PROCESSES": str(launch.world_size(cfg)), "COMMIT": artifacts.git_commit() or "unknown",
-             "STOP_WITHIN": str(cfg.launch.stop_within_s), "LAUNCH_MODE": cfg.launch.mode,
+             "COMMIT": artifacts.git_commit() or "unknown", "LAUNCH_MODE": cfg.launch.mode,
              "ACCELERATE_CONFIG": cfg.launch.accelerate_config or "",
              "GPUS_PER_NODE": str(cfg.launch.gpus_per_node), "TRAIN_NODES": str(cfg.launch.train_nodes)}
     lines = [f"selfreward {args.recipe} {' '.join(args.overrides)}".rstrip()

@@ -69,7 +69,8 @@ def set_stop_budget(seconds: float) -> None:
 
 
 def stop_budget() -> float:
-    """$SELFREWARD_STOP_WITHIN (set by the sbatch scripts from their signal lead time) wins over the recipe."""
+    """$SELFREWARD_STOP_WITHIN wins over the recipe (for one job whose scheduler kills sooner than the recipe
+    assumes; the shipped sbatch scripts do not set it)."""
     env = os.environ.get("SELFREWARD_STOP_WITHIN")
     return float(env) if env else _budget[0]
 

@@ -23,6 +23,7 @@ options:
   --sbatch-args "..."  extra sbatch options for every job (e.g. "--qos=high --constraint=a100")
   --dry-run            print the sbatch commands instead of submitting them
   -h, --help           this text
+(each option takes its value as the next word or after "=": --partition gpu or --partition=gpu)
 
 environment: SELFREWARD_PYTHON  python of the venv selfreward is installed in (default: python3 on PATH)
 USAGE
@@ -34,6 +35,7 @@ source "$here/lib.sh"
 partition="" account="" time_limit="" gpus="" train_nodes="" extra="" dry=0
 while (( $# )); do
   case $1 in
+    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # --partition=gpu, as sbatch takes it
     -h|--help) usage; exit 0 ;;
     --partition) partition=${2:?}; shift 2 ;;
     --account) account=${2:?}; shift 2 ;;

@@ -139,9 +139,13 @@ def test_submit_dry_run_asks_each_stage_for_the_recipes_shape(tmp_path):
 
     submit = config.RECIPES_DIR.parent / "slurm" / "submit.sh"
     env = {**os.environ, "SELFREWARD_PYTHON": sys.executable}
-    out = subprocess.run(["bash", str(submit), "--dry-run", "qwen2.5-7b-zero3-2x8", "run.iterations=1"],
+    # options as the docs write them and as sbatch users type them: "--partition gpu" and "--account=proj"
+    out = subprocess.run(["bash", str(submit), "--dry-run", "--partition", "gpu", "--account=proj",
+                          "qwen2.5-7b-zero3-2x8", "run.iterations=1"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
+    sbatch = [line for line in out.stdout.splitlines() if line.startswith("sbatch ")]
+    assert len(sbatch) == 5 and all(" --partition=gpu " in s and " --account=proj " in s for s in sbatch)
     jobs = {m[2]: m[1] for m in re.finditer(r"^sbatch .*?(--nodes=.*?) --job-name=sr-[\w.-]+-\d-(\w+) ", out.stdout,
                                             re.M)}
     assert jobs == {"baseline": "--nodes=1 --gpus-per-node=4", "data_gen": "--nodes=1 --gpus-per-node=4",

@@ -147,3 +147,22 @@ def test_bootstrap_mean_interval_and_clusters():
     assert bootstrap_mean([0.0, 0.0, 0.0], clusters=["a", "a", "b"]) == (0.0, 0.0)
     with pytest.raises(ValueError):
         bootstrap_mean([1.0, 2.0], clusters=["a"])
+
+
+def test_pair_strategies_compose_with_the_verifier():
+    """The verifier picks the groups (most and fewest instructions followed), the strategy picks inside them."""
+    responses = _responses({"a": ["the rain falls softly on the roof all night long.", "the rain falls softly.",
+                                  "Rain Falls Down Hard.", "Rain."]})
+    responses[3]["anchor"] = True  # M0's anchor answer, which fails the instruction
+    scores = {"a-r0": 2.0, "a-r1": 2.0, "a-r2": 1.0, "a-r3": 4.0}
+    found = verify.verdicts([LOWER], responses)
+    raw = {r: [] for r in scores}
+    jc = JudgeCfg(verify="ifeval", pair_strategy="length_controlled", length_band=0.5)
+    pairs, _ = build_pairs([LOWER], responses, scores, raw, jc, {}, found)
+    prov = pairs[0]["provenance"]
+    # chosen: the shortest passing answer in the top band; rejected: the failing candidate (anchors not in pool)
+    assert (prov["chosen_id"], prov["rejected_id"], prov["reward"]["decided_by"]) == ("a-r1", "a-r2", "verifier")
+    jc = JudgeCfg(verify="ifeval", pair_strategy="anchored")
+    pairs, _ = build_pairs([LOWER], responses, scores, raw, jc, {}, found)
+    prov = pairs[0]["provenance"]
+    assert (prov["chosen_id"], prov["rejected_id"]) == ("a-r0", "a-r3")  # rejected from M0's anchors
