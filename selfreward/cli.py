@@ -1,4 +1,4 @@
-"""`selfreward run | validate | status | recipes`: the command line.
+"""`selfreward run | validate | status | report | recipes | approve | reject | eval | judge preview`: the command line.
 
 Contract: a user mistake prints one line `selfreward: error: ...` and exits 2 before any model loads; a
 preempted run exits 75 (requeue); nothing here imports a stage package (the loop does).

@@ -245,11 +245,12 @@ GUARDS = ("capability", "capability_trained", "capability_held_out", "length", "
 
 class GateCfg(Section):
     improvement: list[Literal["win_rate", "capability", "capability_trained", "capability_held_out"]] = Field(
-        default_factory=lambda: ["win_rate", "capability"], min_length=1,
+        default_factory=lambda: ["win_rate", "capability", "capability_trained"], min_length=1,
         description="Evidence of improvement: promotion needs at least one of these significant at 95% "
                     "(capability: IFEval prompt-level strict accuracy on every probe; capability_trained / "
                     "capability_held_out: instruction-level strict accuracy on the types the run trains on / "
-                    "holds out).")
+                    "holds out, measured on probes never trained on; a run without constraints has no trained "
+                    "split). The held-out split guards by default (capability_held_out in guards).")
     guards: list[Literal[GUARDS]] = Field(default_factory=lambda: list(GUARDS),
                                           description="Guarded metrics: any that regresses beyond its bound refuses.")
     min_win_rate: float = Field(0.55, ge=0, lt=1,

@@ -184,10 +184,11 @@ def exit_code_of(command, args, resume_hint: str) -> int:
     one line `selfreward: error: ...` and 2; a preemption is one line ending with `resume_hint` and 75."""
     from selfreward.config import RecipeError
     from selfreward.models import ModelRefError
+    from selfreward.records import DamagedFile
 
     try:
         return command(args)
-    except (RecipeError, StageConflict, ModelRefError) as e:
+    except (RecipeError, StageConflict, ModelRefError, DamagedFile) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Preempted as e:

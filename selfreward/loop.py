@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
-
 from selfreward import artifacts, lifecycle, oversight
-from selfreward import launch, runlock, stale  # slurm: lock, stop budget, --force stale marking
+from selfreward import launch, runlock, stale, status  # slurm: lock, stop budget, --force stale marking; run.yaml
 from selfreward.config import Config, RecipeError, dump, identity
 from selfreward.launch import IterationEnded
 from selfreward.records import read_json, write_atomic, write_json
@@ -109,7 +107,7 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     text = dump(cfg)
     path = run_dir / "run.yaml"
     if path.exists():
-        old = yaml.safe_load(path.read_text())
+        old = status.recipe(run_dir)
         changed = artifacts.changed_keys(identity(old), identity(cfg.model_dump(mode="json")))
         if changed and not force:
             raise RecipeError(f"{path}: the run was started with a different config (changed: {', '.join(changed)}); "
@@ -173,6 +171,8 @@ def run(cfg: Config, force: bool = False) -> Path:
     from selfreward.eval import stage as evaluation
 
     run_dir = prepare_run_dir(cfg, force)
+    if not force:
+        artifacts.check_intact(run_dir)  # --force redoes a damaged stage (lifecycle); without it, say which
     pending = [k for k in range(1, cfg.run.iterations + 1)
                if not (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() or force]
     stopped = cfg.eval.gate.on_fail == "stop" and any(not h["promoted"] for h in artifacts.read_state(run_dir)["history"])

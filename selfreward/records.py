@@ -64,9 +64,16 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows[1:] if rows and _is_header(rows[0]) else rows
 
 
+class DamagedFile(ValueError):
+    """A run-directory file that cannot be what the run wrote (cut, edited); the message is one line naming it."""
+
+
 def read_json(path: str | os.PathLike):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{path}: damaged: not valid JSON ({getattr(e, 'msg', e)})") from None
 
 
 def item_key(item) -> str:

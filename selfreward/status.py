@@ -1,7 +1,9 @@
 """A run directory as a user sees it: each iteration's stages, the promoted model, oversight and the last gate.
 
 Contract: read-only. `open_run(path)` returns the run directory or raises RecipeError (one line) when the path
-is not one (no run.yaml or state.json). A stage is `done` when its manifest exists; `running` only while the
+is not one (no run.yaml or state.json); a run.yaml or state.json that does not parse raises RecipeError too.
+A stage is `done` when its manifest exists and every output it lists has the recorded sha256 (`damaged` when
+one does not); `running` only while the
 run lock (runlock.py) is held by a live process and the stage has started without finishing (the first such
 stage: the loop runs one stage at a time); `failed` when it recorded an error (`error.json`, written by the
 lifecycle) or when its iteration ended while it was unfinished; `skipped` after a failed stage of an ended
@@ -18,7 +20,7 @@ import yaml
 
 from selfreward import artifacts, oversight, runlock
 from selfreward.config import RecipeError
-from selfreward.records import read_json
+from selfreward.records import DamagedFile, read_json
 
 STAGES = ("data_gen", "judge", "train", "eval")  # the loop's order
 PREEMPTED = 75  # a stage child stopped by a signal records this exit code (launch.EXIT_PREEMPTED)
@@ -26,7 +28,7 @@ PREEMPTED = 75  # a stage child stopped by a signal records this exit code (laun
 
 @dataclass
 class Cell:
-    state: str  # done | running | failed | skipped | partial | pending | - (no such stage)
+    state: str  # done | damaged | running | failed | skipped | partial | pending | - (no such stage)
     detail: str = ""  # wall time of a done stage, the error of a failed one
 
 
@@ -34,12 +36,20 @@ def open_run(path: str | Path) -> Path:
     run_dir = Path(path)
     if not (run_dir / "run.yaml").is_file() or artifacts.read_state(run_dir) is None:
         raise RecipeError(f"{run_dir}: not a run directory (no run.yaml/state.json)")
+    recipe(run_dir)  # a damaged run.yaml is one line here, not a traceback later
     return run_dir
 
 
 def recipe(run_dir: Path) -> dict:
     """run.yaml as written (not validated: a report of an older run must not depend on today's schema)."""
-    return yaml.safe_load((Path(run_dir) / "run.yaml").read_text()) or {}
+    path = Path(run_dir) / "run.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise DamagedFile(f"{path}: damaged: not the YAML mapping selfreward wrote")
+    return data
 
 
 def iterations(run_dir: Path) -> list[Path]:
@@ -62,7 +72,11 @@ def _error(stage_dir: Path) -> dict | None:
 
 def _cell(stage_dir: Path) -> Cell:
     if (stage_dir / "manifest.json").exists():
-        return Cell("done", f"{read_json(stage_dir / 'manifest.json').get('wall_time_s', 0):.0f}s")
+        manifest = read_json(stage_dir / "manifest.json")
+        bad = artifacts.damaged_outputs(stage_dir, manifest)
+        if bad:
+            return Cell("damaged", f"{bad[0].relative_to(stage_dir)}")
+        return Cell("done", f"{manifest.get('wall_time_s', 0):.0f}s")
     err = _error(stage_dir)
     if err is not None and err.get("exit_code") != PREEMPTED:
         return Cell("failed", err.get("message", ""))
@@ -80,7 +94,7 @@ def iteration_cells(iter_dir: Path, outcome: dict | None) -> dict[str, Cell]:
     cells = {name: _cell(iter_dir / d) for name, d in dirs.items()}
     names = list(dirs)
     if outcome is not None:  # the iteration ended: its first unfinished stage is why, the rest never ran
-        unfinished = [n for n in names if cells[n].state != "done"]
+        unfinished = [n for n in names if cells[n].state not in ("done", "damaged")]
         for i, name in enumerate(unfinished):
             detail = cells[name].detail if cells[name].state == "failed" else "; ".join(outcome.get("reasons", []))
             cells[name] = Cell("failed", detail) if i == 0 else Cell("skipped")

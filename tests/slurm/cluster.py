@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "sacct")
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "sacct", "sinfo", "scancel")
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 NODES = ("n1", "n2")
 

@@ -111,9 +111,9 @@ def _split(gain, ci, hard=0.05):
 def test_type_splits_as_evidence_and_as_guards():
     m = _metrics(win_rate=0.5, win_rate_ci95=[0.45, 0.55],
                  capability_splits={"trained": _split(0.2, [0.1, 0.3]), "held_out": _split(-0.01, [-0.1, 0.08])})
-    assert not gate.decide(m, GateCfg())["passed"]  # the default evidence is win rate and all-probe capability
-    d = gate.decide(m, GateCfg(improvement=["capability_trained"]))
+    d = gate.decide(m, GateCfg())  # the default evidence: win rate, all-probe capability, trained-type capability
     assert d["passed"] and "on the trained types 0.200" in d["reasons"][0]
+    assert not gate.decide(m, GateCfg(improvement=["win_rate", "capability"]))["passed"]
     assert not gate.decide(m, GateCfg(improvement=["capability_held_out"]))["passed"]
     m["capability_splits"]["held_out"] = _split(-0.2, [-0.3, -0.1])
     d = gate.decide(m, GateCfg(improvement=["capability_trained"]))
