@@ -4,9 +4,10 @@ Contract:
 - `attach(prompts, cfg, k)` gives a seeded share (`data_gen.constraints.share`) of the new prompts one to
   `max_per_prompt` non-conflicting instructions drawn from `constraints.types` (never a held-out type), each
   described by lm-eval's checker (`build_description`) with its parameters drawn from a seed of (run seed,
-  iteration, prompt id, slot). Every row then reads as an IFEval input: `key`, `prompt` (= `instruction`),
-  `instruction_id_list`, `kwargs` (empty lists on an unconstrained row), plus `base_instruction`. Carried rows
-  keep what they had. The same config and prompts always give the same rows.
+  iteration, prompt id, slot). Rows an earlier iteration wrote (`carried: true`, `data_gen.pool: accumulate`) keep
+  their instructions and are not counted in the share. Every row then reads as an IFEval input, numbered in file
+  order: `key`, `prompt` (= `instruction`), `instruction_id_list`, `kwargs` (empty lists on an unconstrained
+  row), plus `base_instruction`. The same config and prompts always give the same rows.
 - `probe_bases(cfg)` lists every eval probe's prompt (drift and capability) with its base prompt (the text
   without the checkers' descriptions, and its first sentence where the descriptions were written by hand):
   data_gen adds them to what a new prompt must not resemble (ROUGE-L), so nothing the gate measures is trained on.
@@ -46,17 +47,20 @@ def _constrain(row: dict, cfg, k: int) -> dict:
 
 
 def attach(prompts: list[dict], cfg, k: int) -> list[dict]:
-    """The prompts with constraints on a seeded share of them, every row in the IFEval input format."""
+    """The prompts with constraints on a seeded share of the new ones, every row in the IFEval input format."""
     share = cfg.data_gen.constraints.share
     if share == 0:
         return prompts
+    new = [i for i, row in enumerate(prompts) if not row.get("carried")]
     rng = random.Random(seed_for(cfg.run.seed, k, "constrained"))
-    count = round(share * len(prompts))
-    chosen = set(rng.sample(range(len(prompts)), count))
+    chosen = {new[j] for j in rng.sample(range(len(new)), round(share * len(new)))}
+    plain = {"instruction_id_list": [], "kwargs": []}
     out = []
     for i, row in enumerate(prompts):
-        row = _constrain(row, cfg, k) if i in chosen else {**row, "base_instruction": row["instruction"],
-                                                           "instruction_id_list": [], "kwargs": []}
+        if i in chosen:
+            row = _constrain(row, cfg, k)
+        elif i in new or "instruction_id_list" not in row:
+            row = {**row, "base_instruction": row.get("base_instruction", row["instruction"]), **plain}
         out.append({**row, "key": i, "prompt": row["instruction"]})
     return out
 

@@ -72,12 +72,10 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     engine = engines.for_config(cfg)
     earlier = _earlier_prompts(iter_dir)
     prompts, pstats = _new_prompts(cfg, k, engine, adapter, earlier, out_dir)
-    prompts = constraints.attach(prompts, cfg, k)
-    pstats["constrained"] = sum(bool(p.get("instruction_id_list")) for p in prompts)
     if cfg.data_gen.pool == "accumulate":
         prompts = [{**r, "carried": True} for r in earlier] + prompts
-    if cfg.data_gen.constraints.share:  # IFEval keys number the rows of this file
-        prompts = [{**r, "key": i, "prompt": r["instruction"]} for i, r in enumerate(prompts)]
+    prompts = constraints.attach(prompts, cfg, k)
+    pstats["constrained"] = sum(bool(p.get("instruction_id_list")) for p in prompts if not p.get("carried"))
     pstats["pool"] = len(prompts)
     write_jsonl(out_dir / "prompts.jsonl", prompts)
 
