@@ -157,7 +157,7 @@ def _run_transformers(path, cfg, work, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfreward.models import inference_dtype
+    from selfreward.precision import inference_dtype
 
     dtype = inference_dtype(cfg.model.dtype)
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
@@ -236,11 +236,12 @@ def main() -> None:
         print("RESULT " + json.dumps(run_side(args.side, args)), flush=True)
         return
     from selfreward import models
+    from selfreward.precision import inference_dtype
 
     cfg, _ = _setup(args)
     Path(args.tmp).mkdir(parents=True, exist_ok=True)
     path = models.resolve(cfg.model.ref)
-    roof = roofline(path, models.inference_dtype(cfg.model.dtype))
+    roof = roofline(path, inference_dtype(cfg.model.dtype))
     print(f"roofline: {roof['matmul_gflops']:.1f} GFLOP/s matmul ({roof['dtype']}) -> "
           f"{roof['tokens_per_s']:.0f} tokens/s at 2 x {roof['params'] / 1e6:.1f}M FLOPs/token", flush=True)
     runs: dict = {}

@@ -19,9 +19,9 @@ from selfreward.config import Config
 from selfreward.data_gen import constraints
 from selfreward.data_gen.prompts import from_dataset, synthesize
 from selfreward.engine import Request, Sampling, seed_for
-from selfreward.launch import IterationEnded
+from selfreward.exits import IterationEnded
 from selfreward.lifecycle import Outputs, Stage
-from selfreward.models import file_digest
+from selfreward.digests import file_digest
 from selfreward.records import read_jsonl, run_sharded, write_jsonl
 
 

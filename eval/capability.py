@@ -7,7 +7,8 @@ Contract:
 - `score(rows, responses)` gives the four standard accuracies (prompt / instruction level x strict / loose)
   and per-prompt outcomes for paired comparisons; `floor(rows)` is what one constant short answer reaches.
 - `compose_probes()` builds the project's own probe set (base prompts x the checkers' parameters); the shipped
-  `recipes/probes/ifeval.jsonl` is its output and is never trained on.
+  `recipes/probes/ifeval.jsonl` is its output and is never trained on. `compose_type_probes(types)` gives every
+  base prompt with each named type alone (`recipes/probes/ifeval-verified.jsonl`, the verified CPU recipe's).
 """
 from __future__ import annotations
 
@@ -150,6 +151,25 @@ def compose_probes(n: int = 120, seed: int = 0) -> list[dict]:
     return rows
 
 
+def compose_type_probes(types: list[str], seed: int = 0) -> list[dict]:
+    """Every base prompt with each of `types` alone (the parameters from INSTRUCTIONS, drawn seeded): a probe set
+    with the power to measure a few instruction types, as a recipe that trains on some and holds out others
+    needs (30 probes a type instead of the shipped set's 6-8)."""
+    registry = ifeval.registry()
+    options = dict(INSTRUCTIONS)
+    unknown = [t for t in types if t not in options]
+    if unknown:
+        raise CapabilityError(f"no probe parameters for {', '.join(unknown)} (known: {', '.join(options)})")
+    rng = random.Random(seed)
+    rows = []
+    for iid in types:
+        for prompt in BASE_PROMPTS:
+            kw = dict(rng.choice(options[iid]))
+            text = registry.INSTRUCTION_DICT[iid](iid).build_description(**kw)
+            rows.append({"key": len(rows), "prompt": f"{prompt} {text}", "instruction_id_list": [iid], "kwargs": [kw]})
+    return rows
+
+
 def install_punkt(wheel: str, dest: str | None = None) -> Path:
     """Copy nltk's English punkt_tab tables (what IFEval's sentence checks need) out of a wheel that ships them
     (llama-index-core) into this environment's nltk_data; nothing else from the wheel is installed."""
@@ -169,11 +189,13 @@ def install_punkt(wheel: str, dest: str | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    # python -m selfreward.eval.capability compose OUT        rewrite the shipped probe set
-    # python -m selfreward.eval.capability install-punkt WHEEL  install punkt_tab/english from a wheel
-    if sys.argv[1:2] == ["compose"]:
-        Path(sys.argv[2]).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in compose_probes()))
+    # python -m selfreward.eval.capability compose OUT [TYPE ...]  rewrite the shipped probe set, or write every
+    #                                                            base prompt with each TYPE alone
+    # python -m selfreward.eval.capability install-punkt WHEEL    install punkt_tab/english from a wheel
+    if sys.argv[1:2] == ["compose"] and len(sys.argv) > 2:
+        rows = compose_type_probes(sys.argv[3:]) if sys.argv[3:] else compose_probes()
+        Path(sys.argv[2]).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     elif sys.argv[1:2] == ["install-punkt"]:
         print(f"punkt_tab/english installed under {install_punkt(sys.argv[2])}")
     else:
-        sys.exit("usage: python -m selfreward.eval.capability compose OUT | install-punkt WHEEL")
+        sys.exit("usage: python -m selfreward.eval.capability compose OUT [TYPE ...] | install-punkt WHEEL")

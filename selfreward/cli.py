@@ -1,7 +1,7 @@
 """`selfreward run | validate | status | report | recipes | approve | reject | eval | judge preview`: the command line.
 
 Contract: a user mistake prints one line `selfreward: error: ...` and exits 2 before any model loads; a
-preempted run exits 75 (requeue); nothing here imports a stage package (the loop does).
+preempted run exits 75 (requeue); nothing here imports a stage package (the loop and `evaluate` do).
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def cmd_validate(args) -> int:
     cfg = config.load(args.recipe, args.overrides, offline_hub_ok=True)
     loop.check_recipe(cfg, args.recipe)
     try:
-        note = models.hub_note(cfg.model.ref)
+        notes = [models.hub_note(cfg.model.ref), models.check_chat_template(cfg.model.ref)]
     except models.ModelRefError as e:
         raise config.RecipeError(f"{args.recipe}: model.ref: {e}") from None
-    if note:
+    for note in filter(None, notes):
         print(f"{args.recipe}: model.ref: {note}")
     print(f"{args.recipe}: ok ({cfg.run.iterations} iterations, model {cfg.model.ref}, "
           f"{cfg.data_gen.num_prompts} prompts x {cfg.data_gen.n_responses} responses, run dir {cfg.run_dir()})")
@@ -38,7 +38,7 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from selfreward import config, loop
-    from selfreward.launch import install_preemption_handlers
+    from selfreward.stopping import install_preemption_handlers
 
     cfg = config.load(args.recipe, args.overrides)
     loop.check_recipe(cfg, args.recipe)  # TRL validates the DPO arguments before anything loads
@@ -170,9 +170,9 @@ def cmd_review(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from selfreward import loop
+    from selfreward import evaluate
 
-    r = loop.evaluate_ifeval(Path(args.run), args.iteration, Path(args.ifeval), args.max_tokens)
+    r = evaluate.evaluate_ifeval(Path(args.run), args.iteration, Path(args.ifeval), args.max_tokens)
     print(f"IFEval on iteration {args.iteration} ({r['prompts']} prompts, {r['instructions']} instructions), greedy:")
     for key in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"):
         print(f"  {key.replace('_', '-level ', 1):<26} {r[key]:.4f}   (constant answer {r['floor'][key]:.4f})")

@@ -519,6 +519,7 @@ def check_inputs(cfg: Config, origin: str, offline_hub_ok: bool = False) -> None
                     "eval.pairwise_template")
     try:
         models.check_ref(cfg.model.ref, offline_hub_ok)
+        models.check_chat_template(cfg.model.ref)  # from the tokenizer files only; nothing is downloaded
     except models.ModelRefError as e:
         raise RecipeError(f"{origin}: model.ref: {e}") from None
     if cfg.launch.accelerate_config and not Path(cfg.launch.accelerate_config).is_file():
@@ -639,7 +640,7 @@ def _check_template(path: str, names: set[str], origin: str, key: str) -> None:
 def identity(data: dict) -> dict:
     """A resolved config as a run is identified by it: files by content (a moved checkout is the same run),
     operational keys left out."""
-    from selfreward.models import file_digest
+    from selfreward.digests import file_digest
 
     data = json.loads(json.dumps(data))  # a deep copy
     for section, key in PATH_FIELDS:

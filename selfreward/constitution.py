@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from selfreward.models import sha256_file
+from selfreward.digests import sha256_file
 
 _PRINCIPLE = re.compile(r"^\s*\d+\.\s*\[([A-Za-z0-9_-]+)\]\s*(\S.*)$")
 _FRONT_KEYS = {"name", "version", "score_min", "score_max", "scoring", "description"}

@@ -80,7 +80,7 @@ def _local_path(src: DatasetSource) -> Path:
 def path_identity(path: str) -> str | dict | None:
     """A local dataset by content, as run and stage identities hash it (editing the file changes the config; a
     moved checkout does not); None for a hub id, which is identified by its name and revision."""
-    from selfreward.models import file_digest
+    from selfreward.digests import file_digest
 
     p = Path(os.path.expanduser(path))
     if p.is_file():

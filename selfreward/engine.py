@@ -102,17 +102,14 @@ class VLLMEngine:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu() and os.environ.get("SELFREWARD_STOCK_CPU_LORA") != "1":
-            from selfreward import vllm_cpu_lora
+        cpu_ops = {}
+        if current_platform.is_cpu():  # each patch checks vLLM's version and its own opt-out ($SELFREWARD_STOCK_*)
+            from selfreward import vllm_cpu_lora, vllm_cpu_ops
 
             vllm_cpu_lora.install()
-        cpu_ops = {}
-        if current_platform.is_cpu() and os.environ.get("SELFREWARD_STOCK_CPU_OPS") != "1":
-            from selfreward import vllm_cpu_ops
-
-            vllm_cpu_ops.install()
-            cpu_ops = vllm_cpu_ops.llm_kwargs()
-        from selfreward.models import inference_dtype
+            if vllm_cpu_ops.install():
+                cpu_ops = vllm_cpu_ops.llm_kwargs()
+        from selfreward.precision import inference_dtype
 
         self.dtype = inference_dtype(cfg.dtype)
         self.llm = LLM(model=model_path, dtype=self.dtype, max_model_len=cfg.max_model_len,
@@ -221,7 +218,7 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from selfreward.models import inference_dtype
+        from selfreward.precision import inference_dtype
 
         self.dtype = inference_dtype(cfg.dtype)
         dtype = getattr(torch, self.dtype)

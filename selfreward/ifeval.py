@@ -2,8 +2,8 @@
 
 Contract:
 - `registry()` imports lm-eval's IFEval instruction registry without lm-eval's task manager (whose imports need
-  packages the checkers do not); nltk's punkt_tab data must be installed (the Makefile extracts it). It raises
-  `IFEvalError` (one line) when lm-eval is missing. Nothing here imports torch.
+  packages the checkers do not); nltk's punkt_tab data must be installed (`python -m selfreward.extras install`).
+  It raises `IFEvalError` (one line) when lm-eval is missing. Nothing here imports torch.
 - `describe(iid, seed, base)` draws an instruction's parameters with the checker's own `build_description`,
   seeded (the checkers draw from the global `random`, whose state is restored afterwards), and returns the text
   and the kwargs in the IFEval input format (`{}` for an instruction without parameters).
@@ -34,7 +34,7 @@ def _load():
     if "lm_eval.tasks" not in sys.modules:
         spec = importlib.util.find_spec("lm_eval")
         if spec is None:
-            raise IFEvalError("lm-eval is not installed (the Makefile installs it with --no-deps)")
+            raise IFEvalError("lm-eval is not installed (python -m selfreward.extras install adds it)")
         tasks = types.ModuleType("lm_eval.tasks")  # a bare package: the checkers, not the task manager
         tasks.__path__ = [str(Path(spec.origin).parent / "tasks")]
         sys.modules["lm_eval.tasks"] = tasks

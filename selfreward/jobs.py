@@ -11,7 +11,7 @@ Contract:
   run`: it holds the run directory's lock, skips a finished stage, refuses a stage whose upstream stage has
   not finished, and `eval` concludes the iteration (gate, promotion). An iteration that ended early (no pairs,
   a NaN loss) is concluded unpromoted and later stages of it exit 0 as done, so the chain goes on from the
-  promoted model. Exit codes are launch's: 0, 2, 75 (preempted: requeue).
+  promoted model. Exit codes are `exits`': 0, 2, 75 (preempted: requeue).
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from selfreward import artifacts, launch, lifecycle
+from selfreward import artifacts, launch, lifecycle, stopping
 from selfreward.config import RecipeError
+from selfreward.exits import IterationEnded
 
 STAGES = ("baseline", "data_gen", "judge", "train", "eval")
 
@@ -70,14 +71,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _baseline_stage():
-    """loop.run runs M0's baseline inline and offers no handle on it: the eval stage's module carries it."""
-    from selfreward import loop
-
-    evaluation = next(s for s in loop._stages() if s.name == "eval")
-    return sys.modules[evaluation.run.__module__].BASELINE
-
-
 def run_stage(cfg, name: str, k: int, force: bool) -> str:
     """One stage of iteration k through the lifecycle; returns a one-line summary of what happened."""
     from selfreward import loop, stale
@@ -88,12 +81,12 @@ def run_stage(cfg, name: str, k: int, force: bool) -> str:
     try:
         if name == "baseline":
             loop.bootstrap(cfg, run_dir, force, tracker)  # the SFT bootstrap (sft.enabled) comes first
-            base = _baseline_stage()
+            base = loop.baseline_stage()
             return base.summary(lifecycle.execute(base, cfg, artifacts.iteration_dir(run_dir, 0), force))
         iter_dir = artifacts.iteration_dir(run_dir, k)
         if (iter_dir / "outcome.json").exists() and not force:
             return f"iteration {k} is already concluded; {name} has nothing to do"
-        stages = {s.name: s for s in loop._stages()}
+        stages = {s.name: s for s in loop.stages()}
         # judge reads M0's probe answers (its consistency set), eval compares against M0's metrics
         if name in ("judge", "eval") and not (artifacts.iteration_dir(run_dir, 0) / "eval" / "manifest.json").exists():
             raise RecipeError(f"{run_dir}: run the baseline stage (iteration 0) before {name}")
@@ -102,11 +95,11 @@ def run_stage(cfg, name: str, k: int, force: bool) -> str:
                 raise RecipeError(f"{iter_dir}: stage {up} has not finished; run it before {name}")
         if name == "eval":  # eval concludes the iteration: the loop's own code does it (gate, promotion)
             return f"iteration {k}: {loop.run_iteration(cfg, run_dir, k, force, tracker)}"
-        iter_dir = loop._start_iteration(run_dir, k)
+        iter_dir = loop.start_iteration(run_dir, k)
         stale.before_stage(stages[name], cfg, iter_dir, force)
         try:
             manifest = lifecycle.execute(stages[name], cfg, iter_dir, force)
-        except launch.IterationEnded:
+        except IterationEnded:
             # the loop concludes it (the stages before this one are skipped, this one ends it again)
             return f"iteration {k}: {loop.run_iteration(cfg, run_dir, k, force, tracker)} at {name}"
         tracker.log(k, name, manifest)
@@ -123,7 +116,7 @@ def cmd_stage(args) -> int:
     if args.iteration > cfg.run.iterations:
         raise RecipeError(f"iteration {args.iteration}: the recipe runs {cfg.run.iterations} iteration(s)")
     check_allocation(cfg)
-    launch.install_preemption_handlers()
+    stopping.install_preemption_handlers()
     print(f"[iter {args.iteration}] {run_stage(cfg, args.stage, args.iteration, args.force)}", flush=True)
     return 0
 

@@ -1,181 +1,33 @@
-"""Processes: exit codes, preemption signals, stage child processes and the `accelerate launch` command.
+"""Processes: how a command-line entry ends, and how a stage's child process is started and waited for.
 
 Contract:
-- Exit codes of `selfreward` and of `python -m selfreward.<stage>` are defined here and nowhere else:
-  0 done, 2 a user mistake (bad recipe, conflicting stage, a run directory locked by a live process),
-  3 the iteration ended without promotion, 75 (EX_TEMPFAIL) preempted, to be requeued by the scheduler.
-- SIGTERM / SIGUSR1 / SIGUSR2 set a flag (`stop_requested`) and start the stop budget (`launch.stop_within_s`,
-  or $SELFREWARD_STOP_WITHIN): sharded work stops at its next shard boundary, training after the optimizer
-  step in flight (every rank after the same step). A shard in flight (`abandonable`) is finished when it can
-  end within the budget and abandoned (raising `ShardAbandoned`, redone on resume) when it cannot: on the
-  signal when its expected end is past the budget, at the latest when 80% of the budget has gone.
-- A stage child runs in its own process group; a stop signal is forwarded to the whole group, and the parent
-  waits for the group to be gone before it reads the child's record. Torchrun (under `accelerate launch`)
-  forwards SIGUSR1/SIGUSR2 to its workers too (`PET_SIGNALS_TO_HANDLE`).
-- A stage child reports its known failures through `<stage_dir>/error.json`, which `run_child` turns back
-  into the same exceptions an in-process run raises, so the loop handles both modes alike.
-- Inside a SLURM allocation of several nodes, training starts through `srun`: one `accelerate launch` per
-  node, the main node's address from `scontrol show hostnames`, the machine rank from each task's own
-  `$SLURM_NODEID`, and the process count from the allocation (`srun_accelerate`).
+- `exit_code_of` runs a command-line entry (`selfreward ...`, `python -m selfreward.jobs ...`) and maps its
+  failures to the exit codes of `exits`: a user mistake (a bad recipe, a conflicting stage, a locked run
+  directory, a library version a patch of its internals was not written for) is one line `selfreward: error: ...` and 2, a
+  preemption one line and 75; any other failure is a traceback.
+- A stage child runs in its own process group; a stop signal is forwarded to the whole group
+  (`stopping.forwarding_to`), and the parent waits for the group to be gone before it reads the child's record.
+  Torchrun (under `accelerate launch`) forwards SIGUSR1/SIGUSR2 to its workers too (`PET_SIGNALS_TO_HANDLE`).
+- A stage child reports its known failures through `<stage_dir>/error.json` (`lifecycle.stage_main`), which
+  `run_child` turns back into the same exceptions an in-process run raises, so the loop handles both modes alike.
+- `stage_command` is the child's command: `python -m selfreward.<stage>`, or for training with an accelerate
+  config `accelerate launch`. Inside a SLURM allocation of several nodes, training starts through `srun`: one
+  `accelerate launch` per node, the main node's address from `scontrol show hostnames`, the machine rank from
+  each task's own `$SLURM_NODEID`, and the process count from the allocation (`srun_accelerate`).
 """
 from __future__ import annotations
 
-import atexit
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_USER_ERROR = 2
-EXIT_ITERATION_ENDED = 3
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the sbatch script requeues the job on this code
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-DEFAULT_STOP_WITHIN_S = 25.0  # below SLURM's default KillWait (30 s) between SIGTERM and SIGKILL
-ABANDON_AT = 0.8  # a shard still running when this share of the stop budget has gone is abandoned
-
-
-class Preempted(RuntimeError):
-    """A stop signal arrived: what was complete is written, the stage stopped; rerunning resumes it."""
-
-
-class ShardAbandoned(Preempted):
-    """The shard in flight could not finish within the stop budget: it was dropped, and is redone on resume."""
-
-
-class StageConflict(RuntimeError):
-    """A stage's manifest exists with a different config hash and --force was not given."""
-
-
-class IterationEnded(RuntimeError):
-    """A stage found nothing to go on with (no prompts, no pairs, a NaN loss): the iteration ends unpromoted."""
-
-
-_stop_requested: list[int] = []  # signal numbers received (or learnt from another rank), first first
-_stop_at: list[float] = []  # monotonic time of the first stop signal
-_budget: list[float] = [DEFAULT_STOP_WITHIN_S]
-_inflight: list[tuple[str, float, float | None]] = []  # (label, started, expected seconds) of abandonable work
-_children: list[int] = []  # process groups of running stage children: stop signals are forwarded to them
-
-
-def set_stop_budget(seconds: float) -> None:
-    """Seconds from a stop signal to exit that the run aims for (`launch.stop_within_s`)."""
-    _budget[0] = float(seconds)
-
-
-def stop_budget() -> float:
-    """$SELFREWARD_STOP_WITHIN wins over the recipe (for one job whose scheduler kills sooner than the recipe
-    assumes; the shipped sbatch scripts do not set it)."""
-    env = os.environ.get("SELFREWARD_STOP_WITHIN")
-    return float(env) if env else _budget[0]
-
-
-def _say(text: str) -> None:
-    os.write(2, f"selfreward: {text}\n".encode())  # safe inside a signal handler, unlike print
-
-
-def _on_signal(signum, _frame) -> None:
-    first = not _stop_requested
-    _stop_requested.append(signum)
-    for pgid in list(_children):
-        try:
-            os.killpg(pgid, signum)
-        except ProcessLookupError:
-            pass
-    if first:
-        _stop_at.append(time.monotonic())
-        signal.setitimer(signal.ITIMER_REAL, max(ABANDON_AT * stop_budget(), 0.01))
-        _say(f"{signal.Signals(signum).name} received: stopping within {stop_budget():.0f}s "
-             f"(finishing the shard or step in flight if it fits)")
-    _abandon_if_late(force=False)
-
-
-def _on_alarm(_signum, _frame) -> None:
-    _abandon_if_late(force=True)
-
-
-def _abandon_if_late(force: bool) -> None:
-    if not _inflight or not _stop_requested:
-        return
-    label, started, expected = _inflight[-1]
-    limit = _stop_at[0] + ABANDON_AT * stop_budget()
-    if force or (expected is not None and started + expected > limit):
-        _disarm()
-        why = "the stop budget ran out" if force else f"it was expected to need {expected:.1f}s"
-        raise ShardAbandoned(f"{label} abandoned on signal {stop_signal()} ({why}); it is redone on resume")
-
-
-def _disarm() -> None:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def install_preemption_handlers() -> None:
-    """SLURM sends SIGUSR2/SIGUSR1 (--signal) or SIGTERM before preemption: finish in time, then stop."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _on_signal)
-    signal.signal(signal.SIGALRM, _on_alarm)
-    atexit.register(_disarm)  # interpreter shutdown restores SIGALRM's default action, which kills
-
-
-def stop_requested() -> bool:
-    return bool(_stop_requested)
-
-
-def stop_signal() -> int | None:
-    return _stop_requested[0] if _stop_requested else None
-
-
-def request_stop(signum: int) -> None:
-    """Stop as if `signum` had arrived here (another rank received it)."""
-    if not _stop_requested:
-        _stop_at.append(time.monotonic())
-    _stop_requested.append(signum)
-
-
-def clear_stop() -> None:
-    _disarm()
-    _stop_requested.clear()
-    _stop_at.clear()
-    _inflight.clear()
-
-
-@contextmanager
-def abandonable(label: str, expected_s: float | None):
-    """Work that a stop signal may abandon (raising ShardAbandoned) when it cannot end within the budget."""
-    _inflight.append((label, time.monotonic(), expected_s))
-    try:
-        _abandon_if_late(force=False)
-        yield
-    finally:
-        if _inflight:
-            _inflight.pop()
-
-
-def stop_on_all_ranks(device=None) -> bool:
-    """Whether any rank was asked to stop. A collective under torch.distributed: every rank calls it at the
-    same point (after each optimizer step), so all ranks stop after the same step."""
-    local = stop_signal() or 0
-    try:
-        import torch
-        import torch.distributed as dist
-    except ImportError:
-        return bool(local)
-    if not (dist.is_available() and dist.is_initialized()):
-        return bool(local)
-    flag = torch.tensor([local], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    signum = int(flag.item())
-    if signum and not local:
-        request_stop(signum)
-    return bool(signum)
-
-
-_CODES = ((StageConflict, EXIT_USER_ERROR), (IterationEnded, EXIT_ITERATION_ENDED), (Preempted, EXIT_PREEMPTED))
+from selfreward.exits import EXIT_PREEMPTED, EXIT_USER_ERROR, StageConflict, exception_for
+from selfreward.patches import PatchVersionError
+from selfreward.stopping import Preempted, forwarding_to, stop_budget
 
 
 def exit_code_of(command, args, resume_hint: str) -> int:
@@ -188,52 +40,12 @@ def exit_code_of(command, args, resume_hint: str) -> int:
 
     try:
         return command(args)
-    except (RecipeError, StageConflict, ModelRefError, DamagedFile) as e:
+    except (RecipeError, StageConflict, ModelRefError, DamagedFile, PatchVersionError) as e:
         print(f"selfreward: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Preempted as e:
         print(f"selfreward: preempted: {e}; {resume_hint}", file=sys.stderr)
         return EXIT_PREEMPTED
-
-
-def stage_main(stage) -> None:
-    """Entry of `python -m selfreward.<stage> RUN_DIR ITERATION`: the stage's work in this process.
-
-    The parent already ran the lifecycle checks (skip, conflict, --force); the child does the work and writes
-    the manifest (rank 0 under accelerate).
-    """
-    import argparse
-
-    from selfreward import artifacts, lifecycle
-    from selfreward.config import from_run_yaml
-    from selfreward.records import write_json
-
-    parser = argparse.ArgumentParser(prog=f"python -m selfreward.{stage.name}")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("iteration", type=int)
-    args = parser.parse_args()
-    install_preemption_handlers()
-    cfg = from_run_yaml(args.run_dir / "run.yaml")
-    set_stop_budget(cfg.launch.stop_within_s)
-    iter_dir = artifacts.iteration_dir(args.run_dir, args.iteration)
-    try:
-        lifecycle.complete(stage, cfg, iter_dir)
-    except tuple(c for c, _ in _CODES) as e:
-        code = next(code for c, code in _CODES if isinstance(e, c))
-        write_json(iter_dir / stage.name / "error.json",
-                   {"exit_code": code, "type": type(e).__name__, "message": str(e)})
-        print(f"{stage.name}: {e}", file=sys.stderr)
-        _barrier()  # every rank raised the same error: none exits (and srun kills none) before the record exists
-        sys.exit(code)
-
-
-def _barrier() -> None:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _child_env() -> dict:
@@ -265,22 +77,18 @@ def run_child(cmd: list[str], stage_dir: Path) -> None:
         error.unlink()
     print("+ " + " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env=_child_env(), start_new_session=True)
-    _children.append(proc.pid)
-    try:
-        if _stop_requested:  # a signal that arrived before the child existed
-            os.killpg(proc.pid, _stop_requested[0])
-        rc = proc.wait()
-        _wait_group_gone(proc.pid, stop_budget() + 60)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    finally:
-        _children.remove(proc.pid)
+    with forwarding_to(proc.pid):
+        try:
+            rc = proc.wait()
+            _wait_group_gone(proc.pid, stop_budget() + 60)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     # a launcher (accelerate/torchrun) reports any failed rank as 1: the stage's own record says what it was
     record = read_json(error) if error.exists() else {"exit_code": rc, "message": f"exited with code {rc}"}
-    kinds = {code: kind for kind, code in _CODES}
-    if record["exit_code"] in kinds:
-        raise kinds[record["exit_code"]](record["message"])
+    known = exception_for(record["exit_code"], record["message"], record.get("type"))
+    if known is not None:
+        raise known
     if rc != 0 or not (stage_dir / "manifest.json").exists():
         raise RuntimeError(f"stage {stage_dir.name} {record['message']}: {' '.join(cmd)}")
 

@@ -11,16 +11,21 @@ iteration whose outputs it reads, whether it depends on the parent model) and su
    stop signal is recorded in `<stage>/error.json` (exit code, type, first line of the message) before it
    propagates, and removed when the stage is attempted again;
 4. writes `manifest.json` last, atomically.
+`stage_main(stage)` is the entry of the child process (`python -m selfreward.<stage> RUN_DIR K`): the parent
+ran the checks, the child does the work and writes the manifest; a failure that an exit code carries
+(`exits`) is recorded in `error.json` on every rank before the process exits with that code.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from selfreward import artifacts, config as config_mod, launch
+from selfreward import artifacts, config as config_mod, launch, stopping
+from selfreward.exits import CARRIED, EXIT_ITERATION_ENDED, IterationEnded, code_of
 from selfreward.records import read_json, write_json
 
 
@@ -77,10 +82,10 @@ def execute(stage: Stage, cfg, iter_dir: Path, force: bool = False) -> dict:
             launch.run_child(launch.stage_command(cfg, stage.name, Path(iter_dir)), stage_dir)
             return read_json(stage_dir / "manifest.json")
         return complete(stage, cfg, iter_dir, ident)
-    except launch.Preempted:
+    except stopping.Preempted:
         raise  # stopped, not failed: rerunning resumes it
     except Exception as e:  # what `selfreward status` shows as failed; the exception goes on
-        code = launch.EXIT_ITERATION_ENDED if isinstance(e, launch.IterationEnded) else 1
+        code = EXIT_ITERATION_ENDED if isinstance(e, IterationEnded) else 1
         message = (str(e).splitlines() or [type(e).__name__])[0]
         write_json(error, {"exit_code": code, "type": type(e).__name__, "message": message})
         raise
@@ -99,3 +104,39 @@ def complete(stage: Stage, cfg, iter_dir: Path, ident: dict | None = None) -> di
     tokens = {k: TOKENS[k] - before[k] for k in TOKENS}
     return artifacts.write_manifest(Path(iter_dir) / stage.name, stage.name, ident, out.paths, out.metrics,
                                     started, tokens if any(tokens.values()) else None)
+
+
+def stage_main(stage: Stage) -> None:
+    """Entry of `python -m selfreward.<stage> RUN_DIR ITERATION`: the stage's work in this process.
+
+    The parent already ran the lifecycle checks (skip, conflict, --force); the child does the work and writes
+    the manifest (rank 0 under accelerate).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m selfreward.{stage.name}")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("iteration", type=int)
+    args = parser.parse_args()
+    stopping.install_preemption_handlers()
+    cfg = config_mod.from_run_yaml(args.run_dir / "run.yaml")
+    stopping.set_stop_budget(cfg.launch.stop_within_s)
+    iter_dir = artifacts.iteration_dir(args.run_dir, args.iteration)
+    try:
+        complete(stage, cfg, iter_dir)
+    except CARRIED as e:
+        code = code_of(e)
+        write_json(iter_dir / stage.name / "error.json",
+                   {"exit_code": code, "type": type(e).__name__, "message": str(e)})
+        print(f"{stage.name}: {e}", file=sys.stderr)
+        _barrier()  # every rank raised the same error: none exits (and srun kills none) before the record exists
+        sys.exit(code)
+
+
+def _barrier() -> None:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

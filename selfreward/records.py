@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from selfreward import launch
+from selfreward import stopping
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -107,7 +107,7 @@ def run_sharded(items: Sequence, shard_size: int, shard_dir: Path, prefix: str,
     computed from exactly the items it would now hold (so a changed shard_size or item list redoes it).
 
     A stop signal stops before the next shard; the shard in flight is finished when it can end within the
-    stop budget and abandoned otherwise (launch.abandonable), so a preempted run loses at most that shard.
+    stop budget and abandoned otherwise (stopping.abandonable), so a preempted run loses at most that shard.
     One line per computed or abandoned shard goes to stderr (what a preempted job's log shows).
     """
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -120,15 +120,15 @@ def run_sharded(items: Sequence, shard_size: int, shard_dir: Path, prefix: str,
         keys = [item_key(item) for item in chunk]
         rows = _reusable(path, keys)
         if rows is None:
-            if launch.stop_requested():
+            if stopping.stop_requested():
                 bar.close()
-                raise launch.Preempted(f"stopped before {path.name} on signal {launch.stop_signal()}")
+                raise stopping.Preempted(f"stopped before {path.name} on signal {stopping.stop_signal()}")
             began = time.monotonic()
             expected = spent / done * len(chunk) if done else None
             try:
-                with launch.abandonable(path.name, expected):
+                with stopping.abandonable(path.name, expected):
                     rows = work(chunk)
-            except launch.ShardAbandoned:
+            except stopping.ShardAbandoned:
                 bar.close()
                 _note(path, f"abandoned after {time.monotonic() - began:.1f}s")
                 raise

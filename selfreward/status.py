@@ -20,10 +20,10 @@ import yaml
 
 from selfreward import artifacts, oversight, runlock
 from selfreward.config import RecipeError
+from selfreward.exits import EXIT_PREEMPTED
 from selfreward.records import DamagedFile, read_json
 
 STAGES = ("data_gen", "judge", "train", "eval")  # the loop's order
-PREEMPTED = 75  # a stage child stopped by a signal records this exit code (launch.EXIT_PREEMPTED)
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _cell(stage_dir: Path) -> Cell:
             return Cell("damaged", f"{bad[0].relative_to(stage_dir)}")
         return Cell("done", f"{manifest.get('wall_time_s', 0):.0f}s")
     err = _error(stage_dir)
-    if err is not None and err.get("exit_code") != PREEMPTED:
+    if err is not None and err.get("exit_code") != EXIT_PREEMPTED:
         return Cell("failed", err.get("message", ""))
     if stage_dir.exists():
         return Cell("partial", "stopped; rerunning resumes it")

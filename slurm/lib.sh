@@ -1,12 +1,12 @@
 # Shared by loop.sbatch, stage.sbatch and submit.sh (sourced, not run). Contract:
 # - die MSG: one line `selfreward-slurm: error: MSG` on stderr, exit code 2 (a user mistake).
-# - find_python: $SELFREWARD_PYTHON (default: python3 on PATH) must import selfreward; sets PY.
+# - find_python: $SELFREWARD_PYTHON (default: python3 on PATH) must import selfreward.jobs (and so its dependencies); sets PY.
 # - run_forwarding CMD...: runs CMD in the background with its output appended to $LOG (and this job's output),
 #   forwards USR1/USR2/TERM/INT to it (a trap; the batch shell is the only process SLURM's `--signal=B:...`
 #   reaches), waits for it to exit (not just for the signal), and sets RC to its exit code.
 # - requeue_or_exit: exit code 75 (the Python side stopped for preemption) becomes `scontrol requeue`.
 
-EXIT_PREEMPTED=75
+EXIT_PREEMPTED=75  # selfreward/exits.py: the code the Python side exits with when preempted
 
 log() {  # to this job's output, and to the run's log once there is one
   printf 'selfreward-slurm: %s\n' "$*" >&2
@@ -17,7 +17,7 @@ die() { printf 'selfreward-slurm: error: %s\n' "$*" >&2; exit 2; }
 find_python() {
   PY=${SELFREWARD_PYTHON:-python3}
   command -v "$PY" >/dev/null 2>&1 || die "python not found: $PY (set SELFREWARD_PYTHON=/path/to/venv/bin/python)"
-  "$PY" -c 'import selfreward' 2>/dev/null \
+  "$PY" -c 'import selfreward.jobs' 2>/dev/null \
     || die "$PY cannot import selfreward (set SELFREWARD_PYTHON to the python of the venv it is installed in)"
 }
 

@@ -60,6 +60,51 @@ def write_recipe():
     return _write_recipe
 
 
+# The whole loop on the tiny random Llama with transformers, in seconds: a random model's instructions pass any
+# length and overlap filter, its judge verdicts carry almost no probability mass (min_score_mass ~0 keeps them),
+# and every stage writes several shards.
+TINY_LOOP = {
+    "run": {"iterations": 1, "seed": 0},
+    "model": {"engine": "hf", "dtype": "float32"},
+    "data_gen": {"num_prompts": 3, "prompts_per_round": 4, "n_responses": 2, "max_tokens": 8,
+                 "prompt_max_tokens": 12, "shard_size": 2, "min_words": 1, "max_similarity": 1.0,
+                 "banned_words": []},
+    "judge": {"mode": "logprob", "min_score_mass": 1.0e-9, "shard_size": 2, "known_answer_pairs": 0,
+              "allow_truncated": True},
+    "train": {"per_device_train_batch_size": 1, "max_length": 64, "lora_r": 8, "lora_dropout": 0.0,
+              "save_steps": 1, "learning_rate": 5.0e-3},
+    "eval": {"probes": "probes.jsonl", "capability_probes": "ifeval.jsonl", "capability_max_tokens": 8,
+             "max_tokens": 8, "judge_max_tokens": 4, "shard_size": 2},
+}
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """base with changes applied section by section; a change to None removes the key (the default applies)."""
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in changes.items():
+        for key, value in values.items():
+            if value is None:
+                out.setdefault(section, {}).pop(key, None)
+            else:
+                out.setdefault(section, {})[key] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_loop_recipe(tiny_model_dir, recipes_dir):
+    """tiny_loop_recipe(dir, name, probes=4, ifeval=2, **sections) -> path: TINY_LOOP on the tiny model, written to
+    dir/name.yaml with the first `probes` drift probes and `ifeval` capability probes beside it and the run
+    directory under dir/runs; each keyword names a section whose keys replace TINY_LOOP's (None removes one)."""
+    def write(tmp: Path, name: str, probes: int = 4, ifeval: int = 2, **sections) -> Path:
+        for fname, n in (("probes.jsonl", probes), ("ifeval.jsonl", ifeval)):
+            rows = (recipes_dir / "probes" / ("default.jsonl" if fname == "probes.jsonl" else fname)).read_text()
+            (tmp / fname).write_text("\n".join(rows.splitlines()[:n]) + "\n")
+        data = _merged(TINY_LOOP, {"run": {"name": name, "output_dir": str(tmp / "runs")},
+                                   "model": {"ref": str(tiny_model_dir)}})
+        return _write_recipe(tmp / f"{name}.yaml", _merged(data, sections))
+    return write
+
+
 @pytest.fixture(scope="session")
 def make_pairs():
     """make_pairs(n) -> n preference rows in TRL's conversational format with provenance."""

@@ -1,5 +1,5 @@
 """`python -m selfreward.train RUN_DIR ITERATION`: the stage's work in its own process (launch.mode: subprocess)."""
-from selfreward.launch import stage_main
+from selfreward.lifecycle import stage_main
 from selfreward.train.stage import STAGE
 
 if __name__ == "__main__":

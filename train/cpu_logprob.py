@@ -14,11 +14,17 @@ exponentiation and sums over the block (log-normaliser, entropy, squared mass) a
 backward recomputes the block and contracts it with one matmul per block (bf16 products accumulate in float32
 inside oneDNN and are rounded once). `install` makes TRL use it for CPU tensors and score only the labelled
 positions there. `tests/unit/test_cpu_logprob.py` compares it with
-TRL's function; `bench/dpo.py` measures the train stage.
+TRL's function; `bench/dpo.py` measures the train stage. Written for TRL 1.16.0: `install` refuses another version
+(`selfreward.patches`); `SELFREWARD_STOCK_CPU_LOGPROB=1` keeps TRL's own function.
 """
 from __future__ import annotations
 
 import torch
+
+from selfreward import patches
+
+OPT_OUT = "SELFREWARD_STOCK_CPU_LOGPROB"
+WRITTEN_FOR = "1.16.0"  # TRL: the version whose `trl.trainer.utils` this patches
 
 TOKENS_PER_BLOCK = 512  # a [512, vocab] float32 block: 100 MB for a 49k vocabulary
 
@@ -123,12 +129,15 @@ class LogProbFunction(torch.autograd.Function):
                 None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None)
 
 
-def install() -> None:
-    """TRL's fused LM head on CPU tensors: this function, on the labelled positions only. GPU tensors keep TRL's."""
+def install() -> bool:
+    """TRL's fused LM head on CPU tensors: this function, on the labelled positions only. GPU tensors keep TRL's.
+    False (nothing patched) under $SELFREWARD_STOCK_CPU_LOGPROB=1; `patches.PatchVersionError` on another TRL."""
+    if not patches.check("selfreward.train.cpu_logprob", "trl", WRITTEN_FOR, OPT_OUT):
+        return False
     from trl.trainer import utils
 
     if getattr(utils, "_selfreward_cpu_logprob", False):
-        return
+        return True
     trl_function, trl_use_triton = utils._ChunkedLogProbFunction, utils._use_triton
 
     class _Dispatch:
@@ -140,3 +149,4 @@ def install() -> None:
     # `_fused_forward` compacts to labelled positions where this is true; it reads nothing else from it
     utils._use_triton = lambda device: device.type == "cpu" or trl_use_triton(device)
     utils._selfreward_cpu_logprob = True
+    return True

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 from selfreward import artifacts, models
 from selfreward.config import Config
-from selfreward.launch import IterationEnded, Preempted, stop_on_all_ranks, stop_signal
+from selfreward.exits import IterationEnded
+from selfreward.precision import use_bf16
 from selfreward.records import write_jsonl
+from selfreward.stopping import Preempted, stop_on_all_ranks, stop_signal
+from selfreward.train.checkpoints import last_checkpoint, save_adapter, stop_on_signal
 
 # keys selfreward sets from its own recipe fields; dpo_overrides may not redefine where artifacts go
 _RESERVED = {"output_dir", "logging_dir"}
@@ -70,20 +72,6 @@ def _lora_inputs_uncast(trainer):
     return disable_input_dtype_casting(trainer.model, active=trainer.args.bf16 and not trainer.is_deepspeed_enabled)
 
 
-def _stop_on_signal():
-    """A stop signal (SLURM preemption) on any rank: every rank finishes the same optimizer step, one
-    consistent checkpoint is saved, training stops. The flag is reduced across ranks after every step."""
-    from transformers import TrainerCallback
-
-    class StopOnSignal(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if stop_on_all_ranks(args.device):
-                control.should_save = True
-                control.should_training_stop = True
-
-    return StopOnSignal()
-
-
 def _trainer_class():
     """TRL's DPOTrainer, with `train_sampling_strategy: group_by_length` measured on its tokenized pairs, and
     `torch_compile` applied per decoder layer.
@@ -133,53 +121,6 @@ def _trainer_class():
     return _Trainer
 
 
-def use_bf16(precision: str) -> bool:
-    """bf16 autocast: on CPUs with AVX512-BF16 or AMX it trains about 1.9x faster than fp32 (docs/benchmarks.md)."""
-    if precision != "auto":
-        return precision == "bf16"
-    return models.native_bf16()
-
-
-def _last_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest complete checkpoint: a kill during a save leaves one without trainer_state.json (written last)."""
-    if not ckpt_dir.is_dir():
-        return None
-    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
-
-
-_ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
-
-
-def _save_adapter(trainer, out_dir: Path, model_ref: str) -> None:
-    """Save the trained adapter (gathered across ranks under ZeRO-3) and move it into place atomically.
-
-    Only the trained "default" adapter is kept: TRL's frozen "ref" copy, the tokenizer and the model card
-    (which is not reproducible) are dropped. The base model is named by the recipe's `model.ref` as given,
-    not by the path it resolved to in this user's cache, so the adapter loads elsewhere (models.load_adapter).
-    """
-    tmp = out_dir / ".adapter.tmp"
-    main = trainer.accelerator.is_main_process
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # every rank: DeepSpeed gathers the partitioned weights
-    if main:
-        for extra in tmp.iterdir():
-            if extra.name not in _ADAPTER_FILES:
-                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
-        # PEFT writes target_modules from a set, in a per-process order: sort it so reruns are byte-identical
-        adapter_cfg = json.loads((tmp / "adapter_config.json").read_text())
-        if isinstance(adapter_cfg.get("target_modules"), list):
-            adapter_cfg["target_modules"] = sorted(adapter_cfg["target_modules"])
-        adapter_cfg["base_model_name_or_path"] = model_ref
-        (tmp / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True))
-        if (out_dir / "adapter").exists():
-            shutil.rmtree(out_dir / "adapter")
-        os.replace(tmp, out_dir / "adapter")
-    trainer.accelerator.wait_for_everyone()
-
-
 def train(cfg: Config, iter_dir: Path) -> dict:
     """Train iteration k's adapter and save it to train/adapter; returns the summary metrics."""
     return fit(cfg, iter_dir)[1]
@@ -191,6 +132,12 @@ def fit(cfg: Config, iter_dir: Path):
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out_dir = iter_dir / "train"
+    if not torch.cuda.is_available():
+        from selfreward.train import cpu_logprob
+
+        # TRL's fused LM head, with whole-vocabulary kernels on CPU tensors; before any weights load, since it
+        # refuses a TRL version it was not written for
+        cpu_logprob.install()
     base = models.resolve(cfg.model.ref)
     t = cfg.train
     # frozen base weights in bf16 where bf16 is computed natively (autocast would cast them at every matmul);
@@ -211,17 +158,13 @@ def fit(cfg: Config, iter_dir: Path):
     else:
         peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                  target_modules=t.lora_target_modules, task_type="CAUSAL_LM")
-    if not torch.cuda.is_available():
-        from selfreward.train import cpu_logprob
-
-        cpu_logprob.install()  # TRL's fused LM head, with whole-vocabulary kernels on CPU tensors
     data = load_dataset("json", data_files=str(iter_dir / "judge" / "pairs.jsonl"), split="train")
     data = data.remove_columns([c for c in data.column_names if c not in ("prompt", "chosen", "rejected")])
     args = build_dpo_config(cfg, str(out_dir / "checkpoints"))
     trainer = _trainer_class()(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                                peft_config=peft_config)
-    trainer.add_callback(_stop_on_signal())
-    resume = _last_checkpoint(out_dir / "checkpoints")
+    trainer.add_callback(stop_on_signal())
+    resume = last_checkpoint(out_dir / "checkpoints")
     if resume and trainer.accelerator.is_main_process:  # what a requeued job's log shows
         print(f"train: resuming from {Path(resume).name} of {out_dir / 'checkpoints'}", flush=True)
     if resume:  # TRL counts the tokens trained on in the trainer, not in the checkpoint: carry it over
@@ -239,14 +182,14 @@ def fit(cfg: Config, iter_dir: Path):
            if isinstance(h.get(key), float) and not math.isfinite(h[key])]
     if bad:
         raise TrainingDiverged(f"DPO loss became non-finite at step {bad[0][0]} ({bad[0][1]} is not finite)")
-    _save_adapter(trainer, out_dir, cfg.model.ref)
+    save_adapter(trainer, out_dir, cfg.model.ref)
     if trainer.accelerator.is_main_process:  # per-step curves (loss, reward margins) for tracking and reports
         write_jsonl(out_dir / "log_history.jsonl", [h for h in trainer.state.log_history if "loss" in h])
 
-    return trainer, _summary(trainer, result, len(data), parent)
+    return trainer, _summary(trainer, result, len(data), parent, int(Path(resume).name.split("-")[1]) if resume else 0)
 
 
-def _summary(trainer, result, n_pairs: int, parent: str | None) -> dict:
+def _summary(trainer, result, n_pairs: int, parent: str | None, resumed_from: int) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
 
     def values(key):
@@ -259,6 +202,7 @@ def _summary(trainer, result, n_pairs: int, parent: str | None) -> dict:
         return round(sum(values(key)) / len(values(key)), 6) if values(key) else None
 
     return {"pairs": n_pairs, "steps": trainer.state.global_step,
+            "resumed_from_step": resumed_from,  # steps this run trained: steps - resumed_from_step
             "loss_first": values("loss")[0] if history else None, "loss_last": last("loss"),
             "loss_mean": round(result.training_loss, 6), "reward_accuracy_mean": mean("rewards/accuracies"),
             "reward_margin_last": last("rewards/margins"),
@@ -267,4 +211,15 @@ def _summary(trainer, result, n_pairs: int, parent: str | None) -> dict:
             "tokens_per_s": round(values("num_tokens")[-1] / max(result.metrics.get("train_runtime", 0.0), 1e-9), 1)
             if values("num_tokens") else None,
             "samples_per_s": round(result.metrics.get("train_samples_per_second", 0.0), 3),
-            "world_size": trainer.accelerator.num_processes, "precision": "bf16" if trainer.args.bf16 else "fp32", "reference": parent or "M0 (adapter disabled)"}
+            # what ran, not what was asked: the ZeRO stage DeepSpeed trained under (0: no DeepSpeed), and the first
+            # step's gradient norm (averaged over ranks: a sum instead of a mean would double it, which Adam's
+            # scale-free steps would hide)
+            "world_size": trainer.accelerator.num_processes, "zero_stage": _zero_stage(trainer),
+            "grad_norm_first": round(values("grad_norm")[0], 6) if values("grad_norm") else None,
+            "precision": "bf16" if trainer.args.bf16 else "fp32", "reference": parent or "M0 (adapter disabled)"}
+
+
+def _zero_stage(trainer) -> int:
+    if not trainer.is_deepspeed_enabled:
+        return 0
+    return int(trainer.accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from selfreward import constitution, datasource, judging, models
 from selfreward.config import Config, RecipeError
 from selfreward.lifecycle import Outputs, Stage
+from selfreward.precision import use_bf16
 from selfreward.records import write_jsonl
 
 _RESERVED = {"output_dir", "logging_dir"}
@@ -104,8 +105,6 @@ def build_sft_config(cfg: Config, output_dir: str):
     import torch
     from trl import SFTConfig
 
-    from selfreward.train.dpo import use_bf16
-
     s = cfg.sft
     bad = _RESERVED & set(s.sft_overrides)
     if bad:
@@ -130,8 +129,8 @@ def fit(cfg: Config, iter_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from selfreward.launch import Preempted, stop_on_all_ranks, stop_signal
-    from selfreward.train.dpo import _last_checkpoint, _save_adapter, _stop_on_signal
+    from selfreward.stopping import Preempted, stop_on_all_ranks, stop_signal
+    from selfreward.train.checkpoints import last_checkpoint, save_adapter, stop_on_signal
 
     out_dir = iter_dir / "sft"
     rows = examples(cfg)
@@ -148,15 +147,15 @@ def fit(cfg: Config, iter_dir: Path) -> dict:
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=model, args=build_sft_config(cfg, str(out_dir / "checkpoints")), train_dataset=data,
                          processing_class=tokenizer, peft_config=peft_config)
-    trainer.add_callback(_stop_on_signal())
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out_dir / "checkpoints"))
+    trainer.add_callback(stop_on_signal())
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints"))
     if trainer.state.global_step < trainer.state.max_steps and stop_on_all_ranks(trainer.args.device):
         raise Preempted(f"SFT stopped after step {trainer.state.global_step} on signal {stop_signal()}; "
                         f"checkpoint saved")
     history = [h for h in trainer.state.log_history if "loss" in h]
     if any(not math.isfinite(h["loss"]) for h in history):
         raise RecipeError("sft: the loss became non-finite; lower sft.learning_rate")
-    _save_adapter(trainer, out_dir, cfg.model.ref)
+    save_adapter(trainer, out_dir, cfg.model.ref)
     if trainer.accelerator.is_main_process:
         write_jsonl(out_dir / "log_history.jsonl", history)
     losses = [h["loss"] for h in history]
@@ -193,6 +192,6 @@ STAGE = Stage("sft", reads=("sft", "model", "run.seed", "train.lora_r", "train.l
 
 
 if __name__ == "__main__":  # launch.mode: subprocess runs `python -m selfreward.train.sft RUN_DIR 0`
-    from selfreward.launch import stage_main
+    from selfreward.lifecycle import stage_main
 
     stage_main(STAGE)

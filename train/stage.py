@@ -11,11 +11,12 @@ from pathlib import Path
 
 from selfreward import launch
 from selfreward.config import Config
+from selfreward.exits import IterationEnded
 from selfreward.lifecycle import Outputs, Stage
 from selfreward.records import read_jsonl
 
 
-class NoPairs(launch.IterationEnded):
+class NoPairs(IterationEnded):
     """Zero usable pairs: there is nothing to train on, and the iteration ends without promotion."""
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from selfreward.records import read_json, read_jsonl
+from selfreward.records import SHARD_HEADER, read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = ["iter_000/eval/probes.jsonl", "iter_000/eval/capability.jsonl", "iter_001/lineage.json",
@@ -173,6 +173,17 @@ def test_rerun_skips_everything(run_a, recipe):
     assert _snapshot(run_dir) == before
 
 
+def _shards(run_dir):
+    """Every finished shard of a run (a JSONL file opening with a shard header), by path: (mtime, bytes)."""
+    found = {}
+    for p in sorted(run_dir.rglob("shards/*.jsonl")):
+        with open(p, encoding="utf-8") as f:
+            first = f.readline()
+        if first.startswith("{") and SHARD_HEADER in json.loads(first):
+            found[p.relative_to(run_dir).as_posix()] = (p.stat().st_mtime_ns, p.read_bytes())
+    return found
+
+
 def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     run_a_dir, _ = run_a
     run_dir = run_a_dir.parent / "b"
@@ -189,9 +200,21 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     assert not (run_dir / "iter_001/data_gen/manifest.json").exists()
     assert not (run_dir / "iter_001/data_gen/responses.jsonl").exists()
     assert not list(run_dir.rglob("*.tmp"))
+    kept = _shards(run_dir)  # the baseline's and data_gen's finished shards, with their bytes and mtimes
+    assert any(k.startswith("iter_001/data_gen/shards/responses-") for k in kept)
 
     out = subprocess.run(cmd(recipe, *b), capture_output=True, text=True, cwd=recipe.parent, timeout=3600)
     assert out.returncode == 0, out.stderr[-4000:]
+    # reuse counted, not assumed (vLLM generation): no shard that existed at the kill was computed again or
+    # rewritten, and data_gen computed exactly the shards that were missing
+    computed = re.findall(r"^shard (\S+): \d+ rows computed", out.stdout + out.stderr, re.M)
+    after = _shards(run_dir)
+    assert not set(computed) & set(kept), sorted(set(computed) & set(kept))
+    assert all(after[k] == v for k, v in kept.items())
+    gen = [k for k in after if k.startswith("iter_001/data_gen/")]
+    assert sorted(gen) == sorted(k for k in _shards(run_a_dir) if k.startswith("iter_001/data_gen/"))
+    assert sorted(c for c in computed if c.startswith("iter_001/data_gen/")) == sorted(set(gen) - set(kept))
+    assert "[iter 0]" in out.stdout and not [c for c in computed if c.startswith("iter_000/")]
     # byte-identical artifacts: sampling is seeded per row, shards are cut at fixed boundaries, CPU training is
     # deterministic; only wall times and the run name differ in the manifests
     for rel in ARTIFACTS:

@@ -9,7 +9,7 @@ import pytest
 
 from selfreward import artifacts, config, lifecycle
 from selfreward.data_gen import stage as data_gen
-from selfreward.launch import StageConflict
+from selfreward.exits import StageConflict
 from selfreward.records import read_json, read_jsonl, write_json
 
 QUESTIONS = [

@@ -7,8 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from selfreward import artifacts, config, lifecycle, loop
-from selfreward.launch import IterationEnded
+from selfreward import artifacts, config, exits, lifecycle, loop
 from selfreward.records import read_json, read_jsonl, write_json, write_jsonl
 
 # logprob judging: continuous scores, so three responses practically never tie and every iteration has pairs
@@ -130,23 +129,49 @@ def test_candidate_trained_on_degenerate_pairs_is_refused_for_collapse(unchanged
     lifecycle.execute(evaluation.STAGE, cfg, it)
     decision = read_json(it / "eval" / "decision.json")
     assert not decision["passed"]
-    failed = {g["metric"] for g in decision["guards"] if not g["passed"]}
-    collapse = {"length_ratio", "repetition_rise", "distinct2_ratio", "semantic_similarity_rise",
-                "cross_overlap_rise", "kl_per_token"}
-    assert failed & collapse, decision["reasons"]
-    assert any(g["metric"] in collapse and g["reason"] in decision["reasons"] for g in decision["guards"])
+    by_metric = {g["metric"]: g for g in decision["guards"]}
+    # a model that learnt to ramble the same words: the within-response repetition and distinct-2 guards must
+    # fire, each on a measured value beyond its bound (an unmeasured guard also fails; that would not count)
+    rep, d2 = by_metric["repetition_rise"], by_metric["distinct2_ratio"]
+    assert rep["value"] is not None and rep["value"] > rep["bound"] and not rep["passed"], rep
+    assert d2["value"] is not None and d2["value"] < d2["bound"] and not d2["passed"], d2
+    assert rep["reason"] in decision["reasons"] and d2["reason"] in decision["reasons"]
+    assert all(g["value"] is not None for g in decision["guards"] if not g["passed"]), decision["reasons"]
 
 
-def test_nan_loss_ends_training_without_an_adapter(tiny_model_dir, tmp_path, write_recipe, make_pairs):
-    from selfreward.train import stage as train
+def test_nan_loss_ends_training_without_an_adapter(tiny_model_dir, tmp_path, write_recipe, make_pairs, capsys):
+    """A NaN loss ends the iteration through the loop: no adapter, outcome.json says why, state.json unmoved."""
+    from selfreward.data_gen import stage as data_gen
+    from selfreward.judge import stage as judge
+    from selfreward.tracking import Tracker
 
     data = {"run": {"name": "nan", "output_dir": str(tmp_path / "runs")}, "model": {"ref": str(tiny_model_dir)},
             "train": {"per_device_train_batch_size": 2, "learning_rate": 1e30, "lora_r": 8, "max_length": 128}}
     cfg = config.load(write_recipe(tmp_path / "r.yaml", data))
-    it = artifacts.iteration_dir(loop.prepare_run_dir(cfg, force=False), 1)
+    run_dir = loop.prepare_run_dir(cfg, force=False)
+    it = artifacts.iteration_dir(run_dir, 1)
     write_json(it / "lineage.json", {"iteration": 1, "parent_iteration": 0, "parent_adapter": None})
-    write_jsonl(it / "judge" / "pairs.jsonl", make_pairs(8))
-    artifacts.write_manifest(it / "judge", "judge", {"judge": "test"}, {}, {}, 0.0)
-    with pytest.raises(IterationEnded, match="DPO loss became non-finite at step"):
-        lifecycle.execute(train.STAGE, cfg, it)
+    pairs = make_pairs(8)
+    prompts = [{"id": f"p{i}", "instruction": p["prompt"][0]["content"]} for i, p in enumerate(pairs)]
+    write_jsonl(it / "data_gen" / "prompts.jsonl", prompts)
+    write_jsonl(it / "judge" / "pairs.jsonl", pairs)
+    gen = {"prompts_accepted": 8, "prompts_candidates": 8, "prompts_acceptance_rate": 1.0, "responses": 16,
+           "response_tokens_mean": 6.0, "truncated_rate": 0.0, "dtype": "float32"}
+    judged = {"mode": "logprob", "dtype": "float32", "valid": 16, "judgments": 16, "valid_rate": 1.0, "score_mean": 3.0,
+              "pairs": 8, "prompts": 8, "dropped": {}, "known_answer": {"accuracy": None, "n": 0},
+              "consistency": {"kendall_tau": None}}
+    for stage, name, metrics in ((data_gen.STAGE, "prompts.jsonl", gen), (judge.STAGE, "pairs.jsonl", judged)):
+        artifacts.write_manifest(it / stage.name, stage.name, lifecycle.identity(stage, cfg, it),  # done, for the loop
+                                 {name.split(".")[0]: it / stage.name / name}, metrics, 0.0)
+    before = read_json(run_dir / "state.json")
+
+    assert loop.run_iteration(cfg, run_dir, 1, False, Tracker(cfg, run_dir)) == "ended"
+    assert "[iter 1] train: DPO loss became non-finite at step" in capsys.readouterr().out
+    outcome = read_json(it / "outcome.json")
+    assert outcome["promoted"] is False and "DPO loss became non-finite at step" in outcome["reasons"][0]
+    assert read_json(it / "train" / "error.json")["exit_code"] == exits.EXIT_ITERATION_ENDED
     assert not (it / "train" / "adapter").exists() and not (it / "train" / "manifest.json").exists()
+    assert not (it / "eval").exists()  # the iteration ended at train: nothing was evaluated
+    state = read_json(run_dir / "state.json")  # the promoted pointer did not move; the history says why
+    assert (state["promoted_iteration"], state["adapter"]) == (before["promoted_iteration"], before["adapter"]) == (0, None)
+    assert state["history"] == [{"iteration": 1, "promoted": False, "reasons": outcome["reasons"]}]

@@ -49,30 +49,18 @@ def test_force_on_iteration_k_sets_later_iterations_aside_and_moves_the_pointer_
     assert [h["iteration"] for h in state["history"]] == [1]
 
 
-def test_run_force_redoes_through_the_loop_and_leaves_nothing_stale(tmp_path, tiny_model_dir, recipes_dir, cli,
-                                                                   write_recipe):
+def test_run_force_redoes_through_the_loop_and_leaves_nothing_stale(tmp_path, tiny_loop_recipe, cli):
     """`selfreward run --force` with a changed judge key, after two finished iterations: iteration 1's data_gen
     is kept (its config did not change), its judge, train and eval are redone, iteration 2 is set aside and run
     again from the moved-back pointer; every live manifest and metrics line belongs to the new config."""
     from selfreward import config, lifecycle, loop
     from selfreward.records import read_jsonl
 
-    (tmp_path / "probes.jsonl").write_text("\n".join(
-        (recipes_dir / "probes" / "default.jsonl").read_text().splitlines()[:2]) + "\n")
-    (tmp_path / "ifeval.jsonl").write_text("\n".join(
-        (recipes_dir / "probes" / "ifeval.jsonl").read_text().splitlines()[:1]) + "\n")
-    data = {
-        "run": {"name": "force", "output_dir": str(tmp_path / "runs"), "iterations": 2, "seed": 0},
-        "model": {"ref": str(tiny_model_dir), "engine": "hf", "dtype": "float32"},
-        "data_gen": {"num_prompts": 2, "prompts_per_round": 2, "n_responses": 2, "max_tokens": 8,
-                     "prompt_max_tokens": 10, "min_words": 1, "max_similarity": 1.0, "banned_words": []},
-        "judge": {"mode": "logprob", "min_score_mass": 1.0e-9, "known_answer_pairs": 0, "allow_truncated": True},
-        "train": {"per_device_train_batch_size": 1, "max_length": 48, "lora_r": 4, "lora_dropout": 0.0,
-                  "learning_rate": 5.0e-3},
-        "eval": {"probes": "probes.jsonl", "capability_probes": "ifeval.jsonl", "capability_max_tokens": 8,
-                 "max_tokens": 8, "judge_max_tokens": 4},
-    }
-    recipe = write_recipe(tmp_path / "force.yaml", data)
+    recipe = tiny_loop_recipe(  # smaller still, default shard sizes, no periodic checkpoints
+        tmp_path, "force", probes=2, ifeval=1, run={"iterations": 2},
+        data_gen={"num_prompts": 2, "prompts_per_round": 2, "prompt_max_tokens": 10, "shard_size": None},
+        judge={"shard_size": None}, train={"max_length": 48, "lora_r": 4, "save_steps": None},
+        eval={"shard_size": None})
     out = cli("run", recipe, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "force"
@@ -90,7 +78,7 @@ def test_run_force_redoes_through_the_loop_and_leaves_nothing_stale(tmp_path, ti
         assert read_json(run_dir / "iter_001" / stage / "manifest.json")["config_hash"] != old[stage], stage
     assert len(list(run_dir.glob("iter_002.stale-*"))) == 1 and len(list(run_dir.glob("run.replaced-*.yaml"))) == 1
     cfg = config.load(recipe, ["judge.min_margin=0.0001"])
-    stages = {s.name: s for s in loop._stages()}
+    stages = {s.name: s for s in loop.stages()}
     for k in (1, 2):  # every live stage was made by the new config, on the new upstream
         iter_dir = artifacts.iteration_dir(run_dir, k)
         for name, stage in stages.items():

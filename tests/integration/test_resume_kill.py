@@ -1,10 +1,13 @@
-"""Resume proven per stage: `kill -9` at a random point of data_gen, judge, train and eval, then the same command
-again, gives the artifacts of an uninterrupted run; the test counts the finished work that was reused.
+"""Resume proven per stage: `kill -9` in data_gen, judge, train and eval, then the same command again, gives the
+artifacts of an uninterrupted run; the test counts the finished work that was reused.
 
 Each stage runs as its own process (`python -m selfreward.jobs stage`, what slurm/stage.sbatch runs) in a copy of
-an uninterrupted reference run that holds only the stages upstream of it. The random point is drawn from a seed
-that is printed (and taken from $SELFREWARD_KILL_SEED when set), so a failure can be reproduced: the process is
-killed once N of the stage's shards (or training checkpoints) exist, N random, after a further random delay.
+an uninterrupted reference run that holds only the stages upstream of it. Three windows of each stage:
+- before its first shard (or checkpoint): killed as soon as the stage has started (its started.json exists);
+- between two shards: killed once N of them exist, N and a further delay drawn from a fixed seed (0, or
+  $SELFREWARD_KILL_SEED to explore others; the seed is printed), so a failure reproduces;
+- after its last shard, before its manifest: the state such a kill leaves (every shard or checkpoint on disk,
+  no outputs, no manifest) is built from the reference run, as no signal can land in that window reliably.
 Reuse is counted, not assumed: every shard (or checkpoint step) that existed at the kill is still there, unchanged
 (same bytes and mtime), and the rerun's log computes exactly the shards (or steps) that were missing.
 """
@@ -28,7 +31,7 @@ OUTPUTS = {"data_gen": ["data_gen/prompts.jsonl", "data_gen/responses.jsonl"],
            "judge": ["judge/judgments.jsonl", "judge/pairs.jsonl"],
            "train": ["train/adapter/adapter_model.safetensors", "train/adapter/adapter_config.json"],
            "eval": ["eval/probes.jsonl", "eval/decision.json", "outcome.json"]}
-SEED = int(os.environ.get("SELFREWARD_KILL_SEED") or time.time_ns() % 2**31)
+SEED = int(os.environ.get("SELFREWARD_KILL_SEED") or 0)
 
 
 def _jobs(recipe, *args):
@@ -36,27 +39,11 @@ def _jobs(recipe, *args):
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory, tiny_model_dir, recipes_dir, write_recipe):
+def recipe(tmp_path_factory, tiny_loop_recipe):
     """One iteration of the whole loop on the tiny random Llama with transformers; several shards per stage."""
-    tmp = tmp_path_factory.mktemp("resume")
-    probes = (recipes_dir / "probes" / "default.jsonl").read_text().splitlines()[:4]
-    (tmp / "probes.jsonl").write_text("\n".join(probes) + "\n")
-    ifeval = (recipes_dir / "probes" / "ifeval.jsonl").read_text().splitlines()[:2]
-    (tmp / "ifeval.jsonl").write_text("\n".join(ifeval) + "\n")
-    data = {
-        "run": {"name": "resume", "output_dir": str(tmp / "runs"), "iterations": 1, "seed": 0},
-        "model": {"ref": str(tiny_model_dir), "engine": "hf", "dtype": "float32"},
-        "data_gen": {"num_prompts": 4, "prompts_per_round": 2, "n_responses": 2, "max_tokens": 8,
-                     "prompt_max_tokens": 12, "shard_size": 2, "min_words": 1, "max_similarity": 1.0,
-                     "banned_words": []},
-        "judge": {"mode": "logprob", "min_score_mass": 1.0e-9, "shard_size": 2, "known_answer_pairs": 2,
-                  "allow_truncated": True},
-        "train": {"per_device_train_batch_size": 1, "max_length": 64, "lora_r": 8, "lora_dropout": 0.0,
-                  "save_steps": 1, "learning_rate": 5.0e-3},
-        "eval": {"probes": "probes.jsonl", "capability_probes": "ifeval.jsonl", "capability_max_tokens": 8,
-                 "max_tokens": 8, "judge_max_tokens": 4, "shard_size": 1},
-    }
-    return write_recipe(tmp / "resume.yaml", data)
+    return tiny_loop_recipe(tmp_path_factory.mktemp("resume"), "resume",
+                            data_gen={"num_prompts": 4, "prompts_per_round": 2}, judge={"known_answer_pairs": 2},
+                            eval={"shard_size": 1})
 
 
 @pytest.fixture(scope="module")
@@ -99,46 +86,29 @@ def _upstream_copy(reference: Path, dest: Path, stage: str) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_kill_9_at_a_random_point_then_rerun_reuses_finished_work(stage, recipe, reference, tmp_path):
-    rng = random.Random(f"{SEED}-{stage}")
-    print(f"kill seed {SEED} (SELFREWARD_KILL_SEED={SEED} reproduces it)")
-    run_dir = _upstream_copy(reference, tmp_path, stage)
-    stage_dir = run_dir / "iter_001" / stage
-    ref_dir = reference / "iter_001" / stage
-    count = (lambda: len(_checkpoints(stage_dir))) if stage == "train" else (lambda: len(_shards(stage_dir)))
-    total = len(_checkpoints(ref_dir)) if stage == "train" else len(_shards(ref_dir))
-    if stage == "train":  # save_total_limit keeps one checkpoint: count by the reference's steps instead
-        total = read_json(ref_dir / "manifest.json")["metrics"]["steps"]
-        count = lambda: max(_checkpoints(stage_dir), default=0)  # noqa: E731
-    assert total >= 3, f"{stage}: the recipe gives too few shards ({total}) to kill in between"
-    # kill between the wait_for-th and the next unit of work: a stage on a tiny model finishes a shard in tens
-    # of milliseconds on a fast machine, so the jitter after the wait_for-th appears stays below that
-    wait_for, delay = rng.randint(1, total - 1), rng.uniform(0.0, 0.02)
-    cmd = _jobs(recipe, stage, 1, f"run.output_dir={tmp_path}")
+def _units(stage: str, stage_dir: Path):
+    """What the stage has finished so far, and its count (train: the newest checkpoint's step)."""
+    if stage == "train":  # save_total_limit keeps one checkpoint: count by its step
+        return _checkpoints(stage_dir), lambda kept: max(kept, default=0)
+    return _shards(stage_dir), len
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while count() < wait_for and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    time.sleep(delay)
-    running = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    where = f"seed {SEED}: killed {stage} {delay:.2f}s after {wait_for} of {total} " + (
-        "steps were checkpointed" if stage == "train" else "shards existed")
-    assert running, f"{where}, but the stage had already ended"
-    assert not (stage_dir / "manifest.json").exists(), where
-    kept = _checkpoints(stage_dir) if stage == "train" else _shards(stage_dir)
-    done = max(kept, default=0) if stage == "train" else len(kept)
-    assert done >= wait_for, where
 
+def _total(stage: str, ref_dir: Path) -> int:
+    return read_json(ref_dir / "manifest.json")["metrics"]["steps"] if stage == "train" else len(_shards(ref_dir))
+
+
+def _rerun_reuses(stage, cmd, run_dir, reference, kept, done, total, where):
+    """Run the stage again: it computes exactly the missing work, keeps what was there, ends as the reference."""
+    stage_dir, ref_dir = run_dir / "iter_001" / stage, reference / "iter_001" / stage
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (where, out.stderr[-3000:])
     log = out.stdout + out.stderr
     if stage == "train":
         computed = len(re.findall(r"\{'loss': ", log))  # the trainer logs every optimizer step it runs
-        assert f"resuming from checkpoint-{done}" in log, (where, log[-2000:])
+        if done:
+            assert f"resuming from checkpoint-{done}" in log, (where, log[-2000:])
+        else:
+            assert "resuming from" not in log, where
         assert computed == total - done, (where, computed)
         print(f"{where}: rerun resumed at step {done}, computed {computed} of {total} steps")
     else:
@@ -154,3 +124,65 @@ def test_kill_9_at_a_random_point_then_rerun_reuses_finished_work(stage, recipe,
         assert (run_dir / "iter_001" / rel).read_bytes() == (reference / "iter_001" / rel).read_bytes(), (where, rel)
     mine, theirs = read_json(stage_dir / "manifest.json"), read_json(ref_dir / "manifest.json")
     assert mine["config_hash"] == theirs["config_hash"] and mine["outputs"] == theirs["outputs"], where
+
+
+@pytest.mark.parametrize("window", ["before the first shard", "between shards"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_kill_9_then_rerun_reuses_finished_work(stage, window, recipe, reference, tmp_path):
+    rng = random.Random(f"{SEED}-{stage}")
+    print(f"kill seed {SEED} (SELFREWARD_KILL_SEED={SEED} reproduces it)")
+    run_dir = _upstream_copy(reference, tmp_path, stage)
+    stage_dir = run_dir / "iter_001" / stage
+    total = _total(stage, reference / "iter_001" / stage)
+
+    def count():  # one scan of the stage directory a poll (it reads every shard)
+        kept, n = _units(stage, stage_dir)
+        return n(kept)
+
+    assert total >= 3, f"{stage}: the recipe gives too few shards ({total}) to kill in between"
+    # between: after the wait_for-th unit and before the next; a stage on a tiny model finishes a shard in tens
+    # of milliseconds on a fast machine, so the jitter after the wait_for-th appears stays below that
+    wait_for, delay = (0, 0.0) if window == "before the first shard" else (rng.randint(1, total - 1),
+                                                                             rng.uniform(0.0, 0.02))
+    ready = (lambda: (stage_dir / "started.json").exists()) if wait_for == 0 else (lambda: count() >= wait_for)
+    cmd = _jobs(recipe, stage, 1, f"run.output_dir={tmp_path}")
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    running = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    where = f"seed {SEED}: killed {stage} {delay:.2f}s after {wait_for} of {total} " + (
+        "steps were checkpointed" if stage == "train" else "shards existed")
+    assert running, f"{where}, but the stage had already ended"
+    assert not (stage_dir / "manifest.json").exists(), where
+    kept, n = _units(stage, stage_dir)
+    done = n(kept)
+    if wait_for == 0:
+        assert (stage_dir / "started.json").exists() and done == 0, where  # the stage began, nothing finished
+    else:
+        assert done >= wait_for, where
+    _rerun_reuses(stage, cmd, run_dir, reference, kept, done, total, where)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_kill_9_after_the_last_shard_before_the_manifest(stage, recipe, reference, tmp_path):
+    """What a kill between the last shard and the manifest leaves: every shard (train: the last step's
+    checkpoint) and the started record, no outputs, no manifest. The rerun computes nothing and writes the
+    reference's outputs."""
+    run_dir = _upstream_copy(reference, tmp_path, stage)
+    stage_dir, ref_dir = run_dir / "iter_001" / stage, reference / "iter_001" / stage
+    shutil.copytree(ref_dir, stage_dir, copy_function=shutil.copy2)
+    for entry in read_json(ref_dir / "manifest.json")["outputs"].values():  # the outputs, then the manifest, go
+        out = stage_dir / entry["path"]
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    (stage_dir / "manifest.json").unlink()
+    total = _total(stage, ref_dir)
+    kept, n = _units(stage, stage_dir)
+    assert n(kept) == total and (stage_dir / "started.json").exists()
+    assert not any((run_dir / "iter_001" / rel).exists() for rel in OUTPUTS[stage])
+    cmd = _jobs(recipe, stage, 1, f"run.output_dir={tmp_path}")
+    _rerun_reuses(stage, cmd, run_dir, reference, kept, total, total, f"{stage}: after the last of {total} units")

@@ -5,16 +5,16 @@ import time
 
 import pytest
 
-from selfreward import launch
+from selfreward import stopping
 from selfreward.records import read_jsonl, run_sharded
 
 
 @pytest.fixture
 def handlers():
-    old = {s: signal.getsignal(s) for s in (*launch.STOP_SIGNALS, signal.SIGALRM)}
-    launch.install_preemption_handlers()
+    old = {s: signal.getsignal(s) for s in (*stopping.STOP_SIGNALS, signal.SIGALRM)}
+    stopping.install_preemption_handlers()
     yield
-    launch.clear_stop()
+    stopping.clear_stop()
     for s, h in old.items():
         signal.signal(s, h)
 
@@ -55,7 +55,7 @@ def test_shard_in_flight_that_cannot_finish_in_time_is_abandoned(tmp_path, handl
         return work(chunk)
 
     started = time.monotonic()
-    with pytest.raises(launch.ShardAbandoned, match="part-00001.jsonl abandoned on signal 12"):
+    with pytest.raises(stopping.ShardAbandoned, match="part-00001.jsonl abandoned on signal 12"):
         run_sharded(list(range(12)), 4, tmp_path, "part", kill_during_second, "t")
     assert time.monotonic() - started < 1.2 + 0.5  # first shard + at most the budget
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.jsonl"]
@@ -71,9 +71,9 @@ def test_shard_in_flight_that_fits_the_budget_is_finished(tmp_path, handlers, mo
             os.kill(os.getpid(), signal.SIGTERM)
         return work(chunk)
 
-    with pytest.raises(launch.Preempted, match="stopped before part-00002.jsonl on signal 15") as err:
+    with pytest.raises(stopping.Preempted, match="stopped before part-00002.jsonl on signal 15") as err:
         run_sharded(list(range(12)), 4, tmp_path, "part", kill_during_second, "t")
-    assert not isinstance(err.value, launch.ShardAbandoned)
+    assert not isinstance(err.value, stopping.ShardAbandoned)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.jsonl", "part-00001.jsonl"]
 
 
@@ -87,6 +87,6 @@ def test_the_budget_bounds_a_shard_of_unknown_length(tmp_path, handlers, monkeyp
         return [{"x": x} for x in chunk]
 
     started = time.monotonic()
-    with pytest.raises(launch.ShardAbandoned, match="the stop budget ran out"):
+    with pytest.raises(stopping.ShardAbandoned, match="the stop budget ran out"):
         run_sharded([1, 2], 2, tmp_path, "part", slow, "t")
     assert time.monotonic() - started < 1.0

@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from selfreward import config, constitution, judging, lifecycle, loop
-from selfreward.launch import StageConflict
+from selfreward.exits import StageConflict
 from selfreward.records import read_json, read_jsonl
 
 IFT = [("Name a primary colour.", "Red is a primary colour."),

@@ -141,36 +141,15 @@ def test_no_credentials_means_offline(tmp_path, monkeypatch):
 
 # ---- a real loop on a tiny model, in two processes, the run directory moved in between ----------------------
 
-TINY = {
-    "data_gen": {"num_prompts": 3, "prompts_per_round": 4, "n_responses": 2, "max_tokens": 8,
-                 "prompt_max_tokens": 12, "shard_size": 2, "min_words": 1, "max_similarity": 1.0,
-                 "banned_words": []},
-    "judge": {"mode": "logprob", "min_score_mass": 1.0e-9, "shard_size": 2, "known_answer_pairs": 0,
-              "allow_truncated": True},
-    "train": {"per_device_train_batch_size": 1, "max_length": 64, "lora_r": 8, "save_steps": 1,
-              "learning_rate": 5.0e-3},
-    "eval": {"capability_max_tokens": 8, "max_tokens": 8, "judge_max_tokens": 4, "shard_size": 2},
-    "tracking": {"wandb": True, "project": "selfreward-test", "group": "sweep-7", "tags": ["tiny", "ci"]},
-}
-
-
 @pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory, tiny_model_dir, recipes_dir, write_recipe):
+def tracked_run(tmp_path_factory, tiny_loop_recipe):
     import subprocess
     import sys
 
-    import yaml
-
     tmp = tmp_path_factory.mktemp("tracked")
-    probes = (recipes_dir / "probes" / "default.jsonl").read_text().splitlines()
-    (tmp / "probes.jsonl").write_text("\n".join(probes[:4]) + "\n")
-    ifeval = (recipes_dir / "probes" / "ifeval.jsonl").read_text().splitlines()
-    (tmp / "ifeval.jsonl").write_text("\n".join(ifeval[:2]) + "\n")
-    data = yaml.safe_load(yaml.safe_dump(TINY))
-    data["run"] = {"name": "t", "output_dir": str(tmp / "runs-a"), "iterations": 1}
-    data["model"] = {"ref": str(tiny_model_dir), "engine": "hf", "dtype": "float32", "max_model_len": 2048}
-    data["eval"].update(probes=str(tmp / "probes.jsonl"), capability_probes=str(tmp / "ifeval.jsonl"))
-    recipe = write_recipe(tmp / "recipe.yaml", data)
+    recipe = tiny_loop_recipe(tmp, "t", run={"output_dir": str(tmp / "runs-a")}, model={"max_model_len": 2048},
+                              tracking={"wandb": True, "project": "selfreward-test", "group": "sweep-7",
+                                        "tags": ["tiny", "ci"]})
     # no API key anywhere W&B looks (env, netrc, its settings): offline by the loop's own decision
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
     env.update(NETRC=str(tmp / "no-netrc"), WANDB_CONFIG_DIR=str(tmp / "wandb-config"))

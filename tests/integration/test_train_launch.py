@@ -44,7 +44,7 @@ def test_accelerate_launch_two_processes(tiny_model_dir, tmp_path, write_recipe,
         {"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 5e-3},
         {"mode": "subprocess", "accelerate_config": "cpu-ddp", "num_processes": 2}, make_pairs(8))
     m = manifest["metrics"]
-    assert m["world_size"] == 2
+    assert m["world_size"] == 2 and m["zero_stage"] == 0  # plain DDP: no DeepSpeed
     assert m["steps"] == 2  # 8 pairs / (2 per process x 2 processes)
     assert m["loss_first"] == pytest.approx(0.6931, abs=1e-3)
     assert (iter_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
@@ -73,8 +73,9 @@ def single_process(tiny_model_dir, tmp_path_factory, write_recipe):
     _, iter_dir, manifest = _train(tmp, tiny_model_dir, write_recipe, "single",
                                    {"per_device_train_batch_size": PAIRS, "num_train_epochs": STEPS}, {},
                                    _pairs(PAIRS))
-    assert manifest["metrics"]["world_size"] == 1 and manifest["metrics"]["steps"] == STEPS
-    return load_file(iter_dir / "train" / "adapter" / "adapter_model.safetensors")
+    m = manifest["metrics"]
+    assert m["world_size"] == 1 and m["steps"] == STEPS and m["zero_stage"] == 0
+    return load_file(iter_dir / "train" / "adapter" / "adapter_model.safetensors"), m
 
 
 @pytest.mark.parametrize("zero", ["cpu-zero2", "cpu-zero3"])
@@ -90,12 +91,17 @@ def test_deepspeed_zero_on_two_cpu_processes_matches_one_process(zero, single_pr
         {"mode": "subprocess", "accelerate_config": zero, "num_processes": 2}, _pairs(PAIRS))
     # the launcher exited 0, so both ranks finished; rank 0 wrote the manifest
     m = manifest["metrics"]
+    single_adapter, single = single_process
     assert m["world_size"] == 2 and m["steps"] == STEPS and m["pairs"] == PAIRS
+    assert m["zero_stage"] == int(zero[-1])  # DeepSpeed ran, under the stage the config names
     assert m["loss_first"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 0
+    # the first step's gradient (the same batch, the same weights) is the one-process gradient: the ranks' halves
+    # are averaged. Summed, the norm would double, and Adam's steps (scale-free) would not show it
+    assert m["grad_norm_first"] > 0 and m["grad_norm_first"] == pytest.approx(single["grad_norm_first"], rel=1e-4)
     adapter = iter_dir / "train" / "adapter"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
     loaded = {k.replace(".default", ""): v for k, v in get_peft_model_state_dict(model).items()}
-    reference = {k.replace(".default", ""): v for k, v in single_process.items()}
+    reference = {k.replace(".default", ""): v for k, v in single_adapter.items()}
     assert set(loaded) == set(reference) and len(loaded) == 2 * 7 * 2  # A and B of 7 modules in 2 layers
     lora_b = [k for k in reference if "lora_B" in k]
     # PEFT initialises B to zero: every B moved, by far more than the tolerance, in both runs

@@ -55,27 +55,9 @@ def job_env():
 
 
 @pytest.fixture(scope="session")
-def tiny_recipe(tmp_path_factory, tiny_model_dir, recipes_dir, write_recipe):
+def tiny_recipe(tmp_path_factory, tiny_loop_recipe):
     """One iteration of the whole loop on the tiny random Llama with transformers: about a minute here."""
-    tmp = tmp_path_factory.mktemp("recipe")
-    probes = (recipes_dir / "probes" / "default.jsonl").read_text().splitlines()[:4]
-    (tmp / "probes.jsonl").write_text("\n".join(probes) + "\n")
-    ifeval = (recipes_dir / "probes" / "ifeval.jsonl").read_text().splitlines()[:2]
-    (tmp / "ifeval.jsonl").write_text("\n".join(ifeval) + "\n")
-    data = {
-        "run": {"name": "tiny", "output_dir": str(tmp / "runs"), "iterations": 1, "seed": 0},
-        "model": {"ref": str(tiny_model_dir), "engine": "hf", "dtype": "float32", "max_model_len": 512},
-        "data_gen": {"num_prompts": 3, "prompts_per_round": 4, "n_responses": 2, "max_tokens": 8,
-                     "prompt_max_tokens": 12, "shard_size": 2, "min_words": 1, "max_similarity": 1.0,
-                     "banned_words": []},
-        "judge": {"mode": "logprob", "min_score_mass": 1.0e-9, "shard_size": 2, "known_answer_pairs": 0,
-                  "allow_truncated": True},
-        "train": {"per_device_train_batch_size": 1, "max_length": 64, "lora_r": 8, "lora_dropout": 0.0,
-                  "save_steps": 1, "learning_rate": 5.0e-3},
-        "eval": {"probes": "probes.jsonl", "capability_probes": "ifeval.jsonl", "capability_max_tokens": 8,
-                 "max_tokens": 8, "judge_max_tokens": 4, "shard_size": 2},
-    }
-    return write_recipe(tmp / "tiny.yaml", data)
+    return tiny_loop_recipe(tmp_path_factory.mktemp("recipe"), "tiny", model={"max_model_len": 512})
 
 
 @pytest.fixture(scope="session")

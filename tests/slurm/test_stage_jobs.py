@@ -56,7 +56,7 @@ def test_bad_submissions_are_one_line_errors(cluster, tiny_recipe, job_env):
 def _two_node_train_run(tmp_path, tiny_model_dir, make_pairs, write_recipe):
     data = {"run": {"name": "nodes", "output_dir": str(tmp_path / "runs")}, "model": {"ref": str(tiny_model_dir)},
             "train": {"per_device_train_batch_size": 2, "learning_rate": 5e-3, "lora_r": 8, "max_length": 128,
-                      "save_steps": 1},
+                      "save_steps": 4},
             "launch": {"mode": "subprocess", "accelerate_config": "cpu-ddp"}}
     recipe = write_recipe(tmp_path / "nodes.yaml", data)
     cfg = config.load(recipe)
@@ -64,7 +64,7 @@ def _two_node_train_run(tmp_path, tiny_model_dir, make_pairs, write_recipe):
     (run_dir / "run.lock").unlink()  # this test process is not the run: the job is
     iter_dir = artifacts.iteration_dir(run_dir, 1)
     write_json(iter_dir / "lineage.json", {"iteration": 1, "parent_iteration": 0, "parent_adapter": None})
-    write_jsonl(iter_dir / "judge" / "pairs.jsonl", make_pairs(16))
+    write_jsonl(iter_dir / "judge" / "pairs.jsonl", make_pairs(64))  # 16 steps: 64 pairs / (2 per rank x 2 ranks)
     artifacts.write_manifest(iter_dir / "judge", "judge", {"judge": "test"}, {}, {}, 0.0)
     return recipe, run_dir
 
@@ -72,26 +72,30 @@ def _two_node_train_run(tmp_path, tiny_model_dir, make_pairs, write_recipe):
 def test_training_on_two_nodes_meets_through_srun_and_stops_together(cluster, tmp_path, tiny_model_dir, make_pairs,
                                                                      write_recipe, job_env):
     """sbatch -N2: one accelerate launch per node (machine rank from each node's own $SLURM_NODEID); USR2 to
-    the batch shell reaches every rank, all stop after the same step, the job requeues and finishes."""
+    the batch shell reaches every rank, all stop after the same step and save it, the job requeues and resumes
+    from that step's checkpoint (not a periodic one: those come every 4 steps, and the signal lands after the
+    first) for the steps left."""
     recipe, run_dir = _two_node_train_run(tmp_path, tiny_model_dir, make_pairs, write_recipe)
     env = {**job_env, "SELFREWARD_MAIN_PORT": str(29400 + os.getpid() % 500)}
     job = cluster.sbatch("--nodes=2", "--time=10", f"--output={tmp_path}/slurm-%j.out",
                          str(SLURM_DIR / "stage.sbatch"), str(recipe), "train", "1", cwd=tmp_path, env=env)
     train = run_dir / "iter_001" / "train"
-    wait_for((train / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists, 300, "checkpoint-1", 0.05)
+    wait_for((train / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists, 300, "checkpoint-4", 0.05)
     cluster.run("scancel", "--batch", "--signal=USR2", str(job))
     cluster.release_requeued(job, 1, 120)
     info = cluster.wait_job(job, 600)
     logs = {p.name: p.read_text() for p in (run_dir / "logs").glob(f"iter1-train-{job}-r*.log")}
-    before = logs.get(f"iter1-train-{job}-r0.log", "")
+    before, after = logs.get(f"iter1-train-{job}-r0.log", ""), logs.get(f"iter1-train-{job}-r1.log", "")
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, before[-3000:])
     assert 'srun --nodes=2 --ntasks=2 --ntasks-per-node=1' in before and '--machine_rank "$SLURM_NODEID"' in before
     stopped = re.findall(r"training stopped after step (\d+)", before)
     assert len(stopped) >= 2 and len(set(stopped)) == 1, stopped  # both ranks, after the same step
     step = int(stopped[0])
-    assert (train / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").exists() or step < 4
+    assert 4 < step < 16, step  # after the periodic checkpoint-4, before the end
+    assert f"train: resuming from checkpoint-{step} " in after, after[-3000:]  # the signal's checkpoint, by rank 0
     manifest = read_json(train / "manifest.json")
-    assert manifest["metrics"]["world_size"] == 2 and manifest["metrics"]["steps"] == 4  # 16 pairs / (2 x 2)
+    m = manifest["metrics"]
+    assert m["world_size"] == 2 and m["steps"] == 16 and m["resumed_from_step"] == step  # ran steps step+1..16
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from selfreward import artifacts, launch
+from selfreward import artifacts, digests, stopping
 from selfreward.records import read_jsonl, run_sharded, write_jsonl
 
 
@@ -14,7 +14,7 @@ def test_manifest_lists_outputs_and_skips_same_config(tmp_path):
     assert artifacts.existing(stage, config, force=False) is None
     m = artifacts.write_manifest(stage, "judge", config, {"pairs": stage / "pairs.jsonl"}, {"n": 2}, 0.0)
     assert m["outputs"]["pairs"]["rows"] == 2
-    assert m["outputs"]["pairs"]["sha256"]["pairs.jsonl"] == artifacts.sha256_file(stage / "pairs.jsonl")
+    assert m["outputs"]["pairs"]["sha256"]["pairs.jsonl"] == digests.sha256_file(stage / "pairs.jsonl")
     assert json.loads((stage / "manifest.json").read_text())["config_hash"] == artifacts.config_hash(config)
     assert artifacts.existing(stage, config, force=False)["metrics"] == {"n": 2}
     assert not [p for p in stage.iterdir() if p.name.endswith(".tmp")]
@@ -66,12 +66,12 @@ def test_shards_are_reused_and_preemption_stops_between_shards(tmp_path):
     calls.clear()
     assert run_sharded(items, 4, tmp_path, "part", work, "t") == rows and calls == [[8, 9]]
     (tmp_path / "part-00002.jsonl").unlink()
-    launch._stop_requested.append(15)
+    stopping.request_stop(15)
     try:
-        with pytest.raises(launch.Preempted):
+        with pytest.raises(stopping.Preempted):
             run_sharded(items, 4, tmp_path, "part", work, "t")
     finally:
-        launch.clear_stop()
+        stopping.clear_stop()
     assert read_jsonl(tmp_path / "part-00000.jsonl") == rows[:4]
 
 

@@ -81,6 +81,7 @@ def test_run_yaml_round_trip(tmp_path, recipe_data):
 def test_model_dir_relative_to_recipe_and_offline_hub_id(tmp_path, recipe_data, monkeypatch):
     (tmp_path / "mymodel").mkdir()
     (tmp_path / "mymodel" / "config.json").write_text("{}")
+    (tmp_path / "mymodel" / "chat_template.jinja").write_text("{{ messages }}")  # a model must have one
     recipe_data["model"] = {"ref": "mymodel"}
     assert load(tmp_path, recipe_data).model.ref == str(tmp_path / "mymodel")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from selfreward import artifacts, config, lifecycle
-from selfreward.launch import StageConflict
+from selfreward.exits import StageConflict
 from selfreward.records import read_json, write_json, write_jsonl
 
 
