@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "dpo.json"
 sys.path.insert(0, str(ROOT / "bench"))
-from generation import _machine  # noqa: E402  (the benches describe the machine alike)
+from generation import _machine, fail  # noqa: E402  (the benches describe the machine and fail alike)
 
 
 def _pairs(path: str, n: int) -> list[dict]:
@@ -49,9 +49,7 @@ def _pairs(path: str, n: int) -> list[dict]:
 
 
 def _fail(message: str) -> None:
-    """A user's mistake: one line on stderr, exit 2, before any model loads."""
-    print(f"bench/dpo.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail("bench/dpo.py", message)
 
 
 def _tokens(cfg, rows) -> int:
@@ -137,10 +135,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sides", default="selfreward,trl")
     ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(RESULTS), help="where the JSON result goes")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.n < 1:
-        _fail("--n must be at least 1")
+    unknown = [s for s in args.sides.split(",") if s not in ("selfreward", "trl")]
+    if unknown:
+        _fail(f"unknown side {unknown[0]!r} (known: selfreward, trl)")
+    if args.n < 1 or args.repeats < 1:
+        _fail("--n and --repeats must be at least 1")
     rows = _pairs(args.pairs, args.n)  # a missing file or too few pairs: one line, before any model loads
     if args.side:
         print("RESULT " + json.dumps(run_side(args.side, args)), flush=True)
@@ -175,8 +177,8 @@ def main() -> None:
                if {"trl", "selfreward"} <= set(table) else None)
     result = {"machine": _machine(), "args": vars(args), "tokens_per_epoch": tokens // cfg.train.num_train_epochs,
               "table": table, "speedup_vs_trl": speedup}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\n{args.n} pairs, {tokens} tokens, {_machine()}\n"
           "| side | precision | median wall (s) | runs (s) | tokens/s | step (s) | peak RSS (MiB) | final loss | mean loss |\n"
           "|---|---|---|---|---|---|---|---|---|")

@@ -40,6 +40,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "generation.json"
+SIDES = ("engine", "engine-stock-ops", "engine-lora", "vllm", "transformers")
+
+
+def fail(prog: str, message: str) -> None:
+    """A user's mistake: one line on stderr, exit 2, before any model loads (every bench script says it so)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _setup(args):
@@ -230,8 +237,14 @@ def main() -> None:
     ap.add_argument("--hf-batch", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default="/tmp/selfreward-bench-generation")
+    ap.add_argument("--out", default=str(RESULTS), help="where the JSON result goes")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    unknown = [s for s in args.sides.split(",") if s not in SIDES]
+    if unknown:
+        fail("bench/generation.py", f"unknown side {unknown[0]!r} (known: {', '.join(SIDES)})")
+    if min(args.repeats, args.prompts, args.samples) < 1:
+        fail("bench/generation.py", "--repeats, --prompts and --samples must be at least 1")
     if args.side:
         print("RESULT " + json.dumps(run_side(args.side, args)), flush=True)
         return
@@ -284,8 +297,8 @@ def main() -> None:
         ratios["fixed: engine-lora / engine"] = (table["fixed"]["engine-lora"]["tokens_per_s"]
                                                  / table["fixed"]["engine"]["tokens_per_s"])
     result = {"machine": _machine(), "args": vars(args), "roofline": roof, "table": table, "ratios": ratios}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
     for w, sides in table.items():
         print(f"\n{w}:\n| side | dtype | tokens/s (median) | runs | roofline share | peak RSS (MiB) |\n|---|---|---|---|---|---|")
         for side, r in sides.items():

@@ -1,12 +1,14 @@
-"""bench/dpo.py refuses a pairs file that does not exist or holds fewer pairs than asked, and bench/dpo_gpu.py an
-unknown model shape, a directory without a tokenizer or a malformed variant: one line, exit 2, before any model
-loads."""
+"""bench/dpo.py refuses a pairs file that does not exist or holds fewer pairs than asked, bench/dpo_gpu.py an
+unknown model shape, a directory without a tokenizer or a malformed variant, bench/generation.py and bench/dpo.py an
+unknown side, bench/quick.py an unknown part or a missing pairs file: one line, exit 2, before any model loads."""
 import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "dpo.py"
 GPU_BENCH = BENCH.with_name("dpo_gpu.py")
+GEN_BENCH = BENCH.with_name("generation.py")
+QUICK = BENCH.with_name("quick.py")
 
 
 def _run(*args, bench=BENCH):
@@ -42,3 +44,25 @@ def test_gpu_bench_bad_arguments(tmp_path, smol_dir):
         out = _run(*args, bench=GPU_BENCH)
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr.strip().splitlines() == [f"bench/dpo_gpu.py: error: {message}"]
+
+
+def test_unknown_side_and_part(tmp_path, make_pairs):
+    import json
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(4)))
+    cases = [
+        (GEN_BENCH, ["--sides", "engine,vlm"], "bench/generation.py: error: unknown side 'vlm' (known: engine, "
+                                               "engine-stock-ops, engine-lora, vllm, transformers)"),
+        (BENCH, ["--pairs", str(pairs), "--n", "4", "--sides", "selfreward,trll"],
+         "bench/dpo.py: error: unknown side 'trll' (known: selfreward, trl)"),
+        (QUICK, ["--only", "generation,dpo2"], "bench/quick.py: error: unknown part 'dpo2' (known: generation, dpo, judge)"),
+        (QUICK, ["--pairs", str(tmp_path / "none.jsonl")],
+         f"bench/quick.py: error: pairs file not found: {tmp_path / 'none.jsonl'} (run `make demo` first, pass --pairs, "
+         "or leave dpo out of --only)"),
+    ]
+    for bench, args, message in cases:
+        out = _run(*args, bench=bench)
+        assert out.returncode == 2 and out.stdout == "", (bench, out.stdout)
+        assert out.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "quick").exists()
