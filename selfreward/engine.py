@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,27 @@ class _AdapterIds:
             check_adapter_base(key, self.base)
             self.ids[key] = len(self.ids) + 1
         return self.ids[key]
+
+
+def kv_cache_misfit(model_cfg) -> str | None:
+    """On a machine without a CUDA GPU, vLLM allocates `model.kv_cache_gib` of CPU memory for its KV cache at start:
+    a cache larger than the memory available now cannot be allocated, so the recipe is refused before any model
+    loads (None when it fits, or when vLLM does not run on this CPU)."""
+    if model_cfg.engine != "vllm":
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None  # on a GPU the cache is sized by model.gpu_memory_utilization
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available = int(meminfo["MemAvailable"].split()[0]) / 2**20  # kB -> GiB
+    except (OSError, KeyError, ValueError):
+        return None  # not Linux: nothing to compare with
+    if model_cfg.kv_cache_gib < available:
+        return None
+    return (f"{model_cfg.kv_cache_gib} GiB of vLLM CPU KV cache does not fit in this machine's {available:.1f} GiB of "
+            f"available memory; lower it (the shipped CPU recipes use 2)")
 
 
 class VLLMEngine:

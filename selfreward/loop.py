@@ -67,6 +67,11 @@ def check_recipe(cfg: Config, origin: str) -> None:
     except (TypeError, ValueError) as e:
         raise RecipeError(f"{origin}: train.dpo_overrides: {str(e).splitlines()[0]}") from None
     _check_datasets(cfg, origin)
+    from selfreward import engine
+
+    misfit = engine.kv_cache_misfit(cfg.model)
+    if misfit:
+        raise RecipeError(f"{origin}: model.kv_cache_gib: {misfit}")
 
 
 def _check_datasets(cfg: Config, origin: str) -> None:

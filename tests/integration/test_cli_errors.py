@@ -35,6 +35,9 @@ def tree_digest(path):
     (lambda d, t: d["judge"].update(verify="ifeval"), "judge.verify: ifeval needs constrained prompts"),
     (lambda d, t: d["judge"].update(reward="verifier_first"),
      "judge: reward: verifier_first ranks by the verifier's verdicts, which need verify: ifeval"),
+    # a stage impossible on this machine (no GPU here): vLLM's CPU KV cache larger than the memory available
+    (lambda d, t: d["model"].update(engine="vllm", kv_cache_gib=100_000),
+     "model.kv_cache_gib: 100000 GiB of vLLM CPU KV cache does not fit in this machine's"),
 ])
 def test_bad_recipe_exits_before_loading_and_leaves_run_untouched(tmp_path, recipe_data, mutate, expected, cli, write_recipe):
     recipe_data.update(model={}, train={})

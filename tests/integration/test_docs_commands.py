@@ -49,6 +49,8 @@ def _checkable(words: list[str], tmp: Path) -> list[str] | None:
         return [*py, "-m", "selfreward.cli", sub, "--help"]
     if words[0] in (".venv/bin/python", "python") and words[1:3] == ["-m", "selfreward.extras"]:
         return [*py, "-m", "selfreward.extras", *words[3:], *(["--dry-run"] if words[3:4] == ["install"] else [])]
+    if words[0] in (".venv/bin/python", "python") and words[1].startswith("bench/"):
+        return [*py, words[1], *words[2:], "--help"]  # a benchmark takes minutes: its parser reads the arguments
     if words[0] == "make":
         return ["make", "-n", *words[1:]]
     if words[0] == "slurm/submit.sh":

@@ -27,7 +27,7 @@ def test_cp_copies_the_recipe_and_its_files_and_refuses_to_overwrite(cli, tmp_pa
     copied = dest / "smollm2-135m-cpu.yaml"
     data = yaml.safe_load(copied.read_text())
     for rel in (data["data_gen"]["seeds"], data["judge"]["constitution"], data["eval"]["probes"],
-                data["eval"]["pairwise_template"]):
+                data["eval"]["capability_probes"], data["eval"]["pairwise_template"]):
         assert (dest / rel).is_file(), rel
     cfg = config.load(copied)  # the copy is self-contained: its paths resolve next to it
     assert cfg.judge.constitution == str((dest / data["judge"]["constitution"]).resolve())
