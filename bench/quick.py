@@ -1,7 +1,9 @@
 """The headline comparisons in a few minutes, one line per ratio, so that a regression shows at the next change.
 
-Each part runs its full benchmark script on a smaller workload (both sides of every ratio on the same work, in one
-invocation, each side in a fresh process, medians of --repeats):
+Each part runs its full benchmark script on a small workload (both sides of every ratio on the same work, in one
+invocation, each side in a fresh process, medians of --repeats). Its batches of 16
+sequences give the engine's batching less room than the full benchmarks' 256, so these ratios are a regression
+check, not the headline numbers:
 - `generation` (bench/generation.py): the loop's engine against stock vLLM and transformers `generate` on the demo
   recipe's data_gen workload (its temperature and top_p, EOS, 192 new tokens) and a fixed greedy one;
 - `dpo` (bench/dpo.py): the train stage against TRL's `DPOTrainer` with its defaults, on a run's pairs;
@@ -35,11 +37,11 @@ PROG = "bench/quick.py"
 def _commands(args, out: Path) -> dict[str, list[str]]:
     py, bench, r = sys.executable, ROOT / "bench", str(args.repeats)
     return {
-        "generation": [py, str(bench / "generation.py"), "--repeats", r, "--prompts", "16", "--samples", "4",
-                       "--sides", "engine,vllm,transformers", "--hf-batches", "64", "--out", str(out / "generation.json")],
-        "dpo": [py, str(bench / "dpo.py"), "--pairs", str(args.pairs), "--n", "16", "--repeats", r,
+        "generation": [py, str(bench / "generation.py"), "--repeats", r, "--prompts", "8", "--samples", "2",
+                       "--sides", "engine,vllm,transformers", "--hf-batches", "16", "--out", str(out / "generation.json")],
+        "dpo": [py, str(bench / "dpo.py"), "--pairs", str(args.pairs), "--n", "8", "--repeats", r,
                 "--out", str(out / "dpo.json")],
-        "judge": [py, str(bench / "judge.py"), "--prompts", "16", "--samples", "2", "--repeats", r, "--k", "3",
+        "judge": [py, str(bench / "judge.py"), "--prompts", "8", "--samples", "2", "--repeats", r, "--k", "3",
                   "--checks", "8", "--planted", "4", "--out", str(out / "judge.json")],
     }
 
