@@ -4,6 +4,7 @@ gain; a negative control (the same run with the verifier's verdicts shuffled amo
 pairs carry no information) is refused. Both runs use the same M0 baseline and the same prompts and responses;
 only the labels differ."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def _run(recipe, *overrides):
     out = subprocess.run([sys.executable, "-m", "selfreward.cli", "run", str(recipe), *overrides],
                          capture_output=True, text=True, cwd=recipe.parent, timeout=3600)
     assert out.returncode == 0, out.stderr[-4000:]
-    return out.stdout
+    return out.stdout, out.stderr
 
 
 def _improvement(decision: dict, metric: str) -> dict:
@@ -85,7 +86,7 @@ def _improvement(decision: dict, metric: str) -> dict:
 
 @pytest.fixture(scope="module")
 def positive(recipe):
-    stdout = _run(recipe)
+    stdout, _ = _run(recipe)
     return recipe.parent / "runs" / "verified", stdout
 
 
@@ -112,13 +113,19 @@ def test_positive_control_is_promoted_by_the_default_gate_on_its_capability_gain
 def test_negative_control_with_shuffled_verdicts_is_refused(positive, recipe):
     run_dir, _ = positive
     shuffled = run_dir.with_name("shuffled")
-    shutil.copytree(run_dir / "iter_000", shuffled / "iter_000")  # the same M0 baseline (same probe config)
-    baseline = (shuffled / "iter_000/eval/manifest.json").read_bytes()
-    _run(recipe, "run.name=shuffled", "judge.verify_control=shuffled")
-    assert (shuffled / "iter_000/eval/manifest.json").read_bytes() == baseline  # reused, not recomputed
-    # the same prompts and responses as the positive control: only the labels differ
-    for name in ("prompts.jsonl", "responses.jsonl"):
-        assert (shuffled / "iter_001/data_gen" / name).read_bytes() == (run_dir / "iter_001/data_gen" / name).read_bytes()
+    # the same M0 baseline and the same prompts and responses as the positive control (its data_gen stage, whose
+    # identity the verifier's control is not part of): only the labels differ. Reused, not recomputed: the
+    # manifests are unchanged and the run computed no shard of either stage.
+    reused = ("iter_000", "iter_001/lineage.json", "iter_001/data_gen")
+    for part in reused:
+        src, dst = run_dir / part, shuffled / part
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
+    manifests = {m: (shuffled / m).read_bytes() for m in ("iter_000/eval/manifest.json", "iter_001/data_gen/manifest.json")}
+    stdout, stderr = _run(recipe, "run.name=shuffled", "judge.verify_control=shuffled")
+    assert {m: (shuffled / m).read_bytes() for m in manifests} == manifests
+    computed = re.findall(r"^shard (\S+): \d+ rows computed", stdout + stderr, re.M)
+    assert computed and not [c for c in computed if c.startswith(("iter_000/", "iter_001/data_gen/"))], computed
     pairs = read_jsonl(shuffled / "iter_001/judge/pairs.jsonl")
     assert pairs and all(p["provenance"]["reward"]["shuffled"] for p in pairs)
     verdicts = {j["response_id"]: j["verdict"]["passed"] for j in read_jsonl(shuffled / "iter_001/judge/judgments.jsonl")}

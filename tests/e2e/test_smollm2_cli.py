@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +190,7 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     run_dir = run_a_dir.parent / "b"
     shard = run_dir / "iter_001/data_gen/shards/responses-00001.jsonl"
     b = ("run.name=b", "run.iterations=1")  # one iteration is enough to compare, and iterations are operational
+    shutil.copytree(run_a_dir / "iter_000", run_dir / "iter_000")  # run a's M0 baseline (same identity): reused
     proc = subprocess.Popen(cmd(recipe, *b), cwd=recipe.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
@@ -200,7 +202,7 @@ def test_killed_run_resumes_to_the_same_artifacts(run_a, recipe):
     assert not (run_dir / "iter_001/data_gen/manifest.json").exists()
     assert not (run_dir / "iter_001/data_gen/responses.jsonl").exists()
     assert not list(run_dir.rglob("*.tmp"))
-    kept = _shards(run_dir)  # the baseline's and data_gen's finished shards, with their bytes and mtimes
+    kept = _shards(run_dir)  # the baseline's (copied) and data_gen's finished shards, with their bytes and mtimes
     assert any(k.startswith("iter_001/data_gen/shards/responses-") for k in kept)
 
     out = subprocess.run(cmd(recipe, *b), capture_output=True, text=True, cwd=recipe.parent, timeout=3600)
