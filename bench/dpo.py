@@ -5,7 +5,9 @@ Sides, each repetition in a fresh process:
   the recipe's DPOConfig, reference log-probabilities computed once before training in larger batches,
   batches of similar lengths, bf16 base weights where the CPU computes bf16 natively);
 - `trl`: `trl.DPOTrainer(model, DPOConfig(...), peft_config=LoraConfig(...))` with the same model, LoRA
-  config, learning rate, beta, batch size, epochs and seed, and TRL's defaults for everything else.
+  config, learning rate, beta, batch size, epochs and seed, and TRL's defaults for everything else (bf16
+  autocast on a CPU included); with `--trl-precision stage`, the stage's precision instead (`train.precision`: the
+  same where the CPU computes bf16 natively; fp32 where it does not, where bf16 autocast runs at under 1 GFLOP/s).
 
 Reported: training wall time (loading the model and data, tokenizing, any precomputation, every step; the
 stage's adapter save included), tokens/s (prompt + chosen + rejected tokens of the pairs per epoch, unpadded),
@@ -97,6 +99,8 @@ def run_side(side: str, args) -> dict:
         history = [h for h in trainer.state.log_history if "loss" in h]
         steps, precision = trainer.state.global_step, summary["precision"]
     else:
+        from selfreward.precision import use_bf16
+
         start = time.perf_counter()
         path = models.resolve(cfg.model.ref)
         tok = AutoTokenizer.from_pretrained(path)
@@ -111,7 +115,8 @@ def run_side(side: str, args) -> dict:
                            seed=args.seed, report_to=[], save_strategy="no", logging_steps=1,
                            # TRL defaults to bf16, which transformers refuses without a GPU unless told use_cpu
                            # (what its error says to do); bf16 autocast then runs on the CPU
-                           use_cpu=not torch.cuda.is_available()),
+                           use_cpu=not torch.cuda.is_available(),
+                           **({"bf16": use_bf16(t.precision)} if args.trl_precision == "stage" else {})),
             peft_config=LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                                    target_modules=t.lora_target_modules, task_type="CAUSAL_LM"))
         trainer.train()
@@ -134,6 +139,8 @@ def main() -> None:
     ap.add_argument("--recipe", default="smollm2-135m-cpu", help="whose train section (LoRA, batch, lr) to use")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sides", default="selfreward,trl")
+    ap.add_argument("--trl-precision", default="trl",
+                    help="the trl side's precision: trl (TRL's default, bf16) or stage (the stage's train.precision)")
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(RESULTS), help="where the JSON result goes")
     args = ap.parse_args()
@@ -141,6 +148,8 @@ def main() -> None:
     unknown = [s for s in args.sides.split(",") if s not in ("selfreward", "trl")]
     if unknown:
         _fail(f"unknown side {unknown[0]!r} (known: selfreward, trl)")
+    if args.trl_precision not in ("trl", "stage"):
+        _fail(f"--trl-precision {args.trl_precision!r}: expected trl or stage")
     if args.n < 1 or args.repeats < 1:
         _fail("--n and --repeats must be at least 1")
     rows = _pairs(args.pairs, args.n)  # a missing file or too few pairs: one line, before any model loads
@@ -155,7 +164,7 @@ def main() -> None:
     for rep in range(args.repeats):
         for side in args.sides.split(","):
             cmd = [sys.executable, __file__, "--side", side, "--pairs", args.pairs, "--n", str(args.n),
-                   "--recipe", args.recipe, "--seed", str(args.seed)]
+                   "--recipe", args.recipe, "--seed", str(args.seed), "--trl-precision", args.trl_precision]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode or line is None:

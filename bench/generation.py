@@ -14,7 +14,9 @@ Sides, each repetition in a fresh process (model load not timed, one warm-up cal
 - `vllm`: `vllm.LLM(model)` with default settings (dtype from the checkpoint, its own scheduler defaults, prefix
   caching, chunked prefill, the engine core in its own process), except the CPU KV-cache size, which is set
   to the engine's (vLLM's default reserves 92% of the machine's memory and fails to start beside anything),
-  and without per-request seeds (its default chunked prefill fails seeded requests on CPU);
+  and without per-request seeds (its default chunked prefill fails seeded requests on CPU); with
+  `--vllm-dtype engine` it loads the model in the engine's dtype instead of the checkpoint's (the same where the
+  CPU computes bf16 natively; fp32 where it does not, where the checkpoint's bf16 runs at under 1 GFLOP/s);
 - `transformers`: `generate` on left-padded batches, same dtype; the batch size is picked from --hf-batches
   by a sweep in the first repetition (its best), then kept.
 
@@ -117,7 +119,12 @@ def run_side(side: str, args) -> dict:
         # vLLM's defaults, except the CPU KV cache: by default it reserves 92% of the machine's memory, which fails
         # wherever anything else runs; it gets the same space as the engine
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.model.kv_cache_gib)
-        llm = LLM(model=path)
+        if args.vllm_dtype == "engine":
+            from selfreward.precision import inference_dtype
+
+            llm = LLM(model=path, dtype=inference_dtype(cfg.model.dtype))
+        else:
+            llm = LLM(model=path)
         tok = llm.get_tokenizer()
         llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
         for name, (reqs, temp, top_p, max_tokens, ignore_eos) in work.items():
@@ -236,6 +243,8 @@ def main() -> None:
     ap.add_argument("--hf-batches", default="32,64,128")
     ap.add_argument("--hf-batch", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--vllm-dtype", default="checkpoint",
+                    help="the vllm side's dtype: checkpoint (vLLM's default) or engine (the engine's dtype here)")
     ap.add_argument("--tmp", default="/tmp/selfreward-bench-generation")
     ap.add_argument("--out", default=str(RESULTS), help="where the JSON result goes")
     args = ap.parse_args()
@@ -245,6 +254,8 @@ def main() -> None:
         fail("bench/generation.py", f"unknown side {unknown[0]!r} (known: {', '.join(SIDES)})")
     if min(args.repeats, args.prompts, args.samples) < 1:
         fail("bench/generation.py", "--repeats, --prompts and --samples must be at least 1")
+    if args.vllm_dtype not in ("checkpoint", "engine"):
+        fail("bench/generation.py", f"--vllm-dtype {args.vllm_dtype!r}: expected checkpoint or engine")
     if args.side:
         print("RESULT " + json.dumps(run_side(args.side, args)), flush=True)
         return
@@ -263,7 +274,7 @@ def main() -> None:
         for side in args.sides.split(","):
             cmd = [sys.executable, __file__, "--side", side, "--repeats", "1", "--prompts", str(args.prompts),
                    "--samples", str(args.samples), "--recipe", args.recipe, "--tmp", args.tmp,
-                   "--hf-batches", args.hf_batches]
+                   "--hf-batches", args.hf_batches, "--vllm-dtype", args.vllm_dtype]
             if side == "transformers" and hf_batch:
                 cmd += ["--hf-batch", str(hf_batch["demo"])]  # the sweep's best, kept after repetition 0
             proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -9,6 +9,11 @@ check, not the headline numbers:
 - `dpo` (bench/dpo.py): the train stage against TRL's `DPOTrainer` with its defaults, on a run's pairs;
 - `judge` (bench/judge.py): logprob judging (one pass) against sampled judging (k=3), on the same responses.
 
+Every side runs in the same dtype: stock vLLM in the engine's (`--vllm-dtype engine`) and TRL in the stage's
+precision (`--trl-precision stage`). Where the CPU computes bf16 natively that is what their defaults pick anyway;
+where it does not (AVX2 only), their defaults run bf16 at under 1 GFLOP/s and one repetition of the TRL side alone
+took over 12 minutes on 8 pairs, which is no quick check (the full benchmarks keep the defaults).
+
     .venv/bin/python bench/quick.py [--only generation,dpo,judge] [--pairs RUN/iter_001/judge/pairs.jsonl]
                                     [--repeats 3]
 
@@ -38,9 +43,10 @@ def _commands(args, out: Path) -> dict[str, list[str]]:
     py, bench, r = sys.executable, ROOT / "bench", str(args.repeats)
     return {
         "generation": [py, str(bench / "generation.py"), "--repeats", r, "--prompts", "8", "--samples", "2",
-                       "--sides", "engine,vllm,transformers", "--hf-batches", "16", "--out", str(out / "generation.json")],
+                       "--sides", "engine,vllm,transformers", "--hf-batches", "16", "--vllm-dtype", "engine",
+                       "--out", str(out / "generation.json")],
         "dpo": [py, str(bench / "dpo.py"), "--pairs", str(args.pairs), "--n", "8", "--repeats", r,
-                "--out", str(out / "dpo.json")],
+                "--trl-precision", "stage", "--out", str(out / "dpo.json")],
         "judge": [py, str(bench / "judge.py"), "--prompts", "8", "--samples", "2", "--repeats", r, "--k", "3",
                   "--checks", "8", "--planted", "4", "--out", str(out / "judge.json")],
     }
@@ -51,7 +57,8 @@ def ratios(part: str, result: dict) -> dict[str, float]:
     if part == "generation":
         return {f"generation {k}": v for k, v in result["ratios"].items()}
     if part == "dpo":
-        return {"dpo: selfreward train stage / TRL defaults (throughput)": result["speedup_vs_trl"]}
+        return {"dpo: selfreward train stage / TRL defaults at the stage's precision (throughput)":
+                result["speedup_vs_trl"]}
     return {"judge: logprob / sampled k=3 (speed)": result["speed_ratio"]}
 
 

@@ -1,6 +1,7 @@
 """bench/dpo.py refuses a pairs file that does not exist or holds fewer pairs than asked, bench/dpo_gpu.py an
 unknown model shape, a directory without a tokenizer or a malformed variant, bench/generation.py and bench/dpo.py an
-unknown side, bench/quick.py an unknown part or a missing pairs file: one line, exit 2, before any model loads."""
+unknown side or dtype choice, bench/quick.py an unknown part or a missing pairs file: one line, exit 2, before any
+model loads."""
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,10 @@ def test_unknown_side_and_part(tmp_path, make_pairs):
                                                "engine-stock-ops, engine-lora, vllm, transformers)"),
         (BENCH, ["--pairs", str(pairs), "--n", "4", "--sides", "selfreward,trll"],
          "bench/dpo.py: error: unknown side 'trll' (known: selfreward, trl)"),
+        (GEN_BENCH, ["--vllm-dtype", "bf16"], "bench/generation.py: error: --vllm-dtype 'bf16': expected checkpoint "
+                                              "or engine"),
+        (BENCH, ["--pairs", str(pairs), "--n", "4", "--trl-precision", "fp16"],
+         "bench/dpo.py: error: --trl-precision 'fp16': expected trl or stage"),
         (QUICK, ["--only", "generation,dpo2"], "bench/quick.py: error: unknown part 'dpo2' (known: generation, dpo, judge)"),
         (QUICK, ["--pairs", str(tmp_path / "none.jsonl")],
          f"bench/quick.py: error: pairs file not found: {tmp_path / 'none.jsonl'} (run `make demo` first, pass --pairs, "
