@@ -28,7 +28,8 @@ demo: $(STAMP)
 
 test: export HF_HUB_OFFLINE ?= 1
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -ra tests
+	# the ten slowest tests close every run, so that a slower suite is seen at the change that made it slower
+	$(VENV)/bin/python -m pytest -ra --durations=10 tests
 
 install: $(STAMP)
 

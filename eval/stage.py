@@ -57,6 +57,13 @@ def _tag(rows: list[dict], name: str) -> list[dict]:
     return [{**r, "id": f"{name}:{r['id']}"} for r in rows]
 
 
+def _compared(cfg: Config, side: dict[str, list[dict]]) -> list[dict]:
+    """The answers the frozen judge compares (`eval.win_rate_probes`), tagged by probe set."""
+    which = cfg.eval.win_rate_probes
+    return ((_tag(side["probes"], "drift") if which in ("all", "drift") else [])
+            + (_tag(side["capability"], "cap") if which in ("all", "capability") else []))
+
+
 def _capability(cfg: Config, cand: list[dict], before: list[dict], m0: list[dict]) -> dict:
     """Capability gains (by base prompt, split by type and by what a short answer passes) and the length change
     of the capability answers beside them."""
@@ -112,10 +119,8 @@ def run(cfg: Config, iter_dir: Path) -> Outputs:
     side = probes.model_side(engine, cfg, adapter, out_dir, f"iter {k}")
     cand = {n: read_jsonl(out_dir / f"{n}.jsonl") for n in _OUTPUTS}
     before = {n: read_jsonl(parent_dir / f"{n}.jsonl") for n in _OUTPUTS}
-    pref = preference.win_rate(engine, cfg, _tag(cand["probes"], "drift") + _tag(cand["capability"], "cap"),
-                               _tag(before["probes"], "drift") + _tag(before["capability"], "cap"),
-                               out_dir / "shards", f"iter {k}",
-                               judge_adapter=artifacts.m0_adapter(iter_dir.parent))
+    pref = preference.win_rate(engine, cfg, _compared(cfg, cand), _compared(cfg, before), out_dir / "shards",
+                               f"iter {k}", judge_adapter=artifacts.m0_adapter(iter_dir.parent))
     seeds = [s["instruction"] for s in read_jsonl(cfg.data_gen.seeds)]
     prompts = [p["instruction"] for p in read_jsonl(iter_dir / "data_gen" / "prompts.jsonl")]
     metrics = {**side, **pref, **_drift(engine, cand["probes"], adapter, artifacts.parent_adapter(iter_dir)),

@@ -309,6 +309,10 @@ class EvalCfg(Section):
     judge_max_tokens: int = Field(4, ge=1, description="Token budget of one pairwise judgment (the verdict is the "
                                                        "first token).")
     judge_prefill: str = Field("Winner:", description="Text each pairwise judgment starts with.")
+    win_rate_probes: Literal["all", "drift", "capability"] = Field(
+        "all", description="Which probes' answers the frozen judge compares for the win rate: both sets, the drift "
+                           "probes only, or the capability probes only (two long judgments per probe: a CPU recipe "
+                           "can spend them where they buy the most).")
     gate: GateCfg = Field(default_factory=GateCfg)
     shard_size: int = Field(64, ge=1, description="Probe generations per shard.")
 
