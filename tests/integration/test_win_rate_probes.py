@@ -1,15 +1,10 @@
 """`eval.win_rate_probes`: the frozen judge compares the answers of the probe sets the recipe names, both orders
 each, and nothing else (what a CPU recipe saves by it is two long judgments per probe left out)."""
-import json
-
-from selfreward.records import read_json
+from selfreward.records import read_json, read_jsonl
 
 
 def _pairwise_rows(eval_dir):
-    rows = []
-    for shard in sorted((eval_dir / "shards").glob("pairwise-*.jsonl")):
-        rows += [json.loads(line) for line in shard.read_text().splitlines()[1:] if line.strip()]  # after the header
-    return rows
+    return [row for shard in sorted((eval_dir / "shards").glob("pairwise-*.jsonl")) for row in read_jsonl(shard)]
 
 
 def test_win_rate_on_the_drift_probes_only(tmp_path, tiny_loop_recipe, cli):
