@@ -115,8 +115,11 @@ def test_negative_control_with_shuffled_verdicts_is_refused(positive, recipe):
     shuffled = run_dir.with_name("shuffled")
     # the same M0 baseline and the same prompts and responses as the positive control (its data_gen stage, whose
     # identity the verifier's control is not part of): only the labels differ. Reused, not recomputed: the
-    # manifests are unchanged and the run computed no shard of either stage.
-    reused = ("iter_000", "iter_001/lineage.json", "iter_001/data_gen")
+    # manifests are unchanged and the run computed no shard of either stage. The judge stage's identity holds the
+    # control, so it runs again, but on the same responses with the same judge: its judgment, known-answer and
+    # consistency shards are the positive control's (a shard is reused for exactly the items it was computed
+    # from), and only the pairs, built from the shuffled verdicts, are new.
+    reused = ("iter_000", "iter_001/lineage.json", "iter_001/data_gen", "iter_001/judge/shards")
     for part in reused:
         src, dst = run_dir / part, shuffled / part
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +128,11 @@ def test_negative_control_with_shuffled_verdicts_is_refused(positive, recipe):
     stdout, stderr = _run(recipe, "run.name=shuffled", "judge.verify_control=shuffled")
     assert {m: (shuffled / m).read_bytes() for m in manifests} == manifests
     computed = re.findall(r"^shard (\S+): \d+ rows computed", stdout + stderr, re.M)
-    assert computed and not [c for c in computed if c.startswith(("iter_000/", "iter_001/data_gen/"))], computed
+    reused_dirs = ("iter_000/", "iter_001/data_gen/", "iter_001/judge/")
+    assert computed and not [c for c in computed if c.startswith(reused_dirs)], computed
+    positive_judgments = read_jsonl(run_dir / "iter_001/judge/judgments.jsonl")
+    assert read_jsonl(shuffled / "iter_001/judge/judgments.jsonl") == positive_judgments
+    assert read_json(shuffled / "iter_001/judge/stats.json")["verifier"]["control"] == "shuffled"
     pairs = read_jsonl(shuffled / "iter_001/judge/pairs.jsonl")
     assert pairs and all(p["provenance"]["reward"]["shuffled"] for p in pairs)
     verdicts = {j["response_id"]: j["verdict"]["passed"] for j in read_jsonl(shuffled / "iter_001/judge/judgments.jsonl")}
