@@ -130,12 +130,12 @@ def test_negative_control_with_shuffled_verdicts_is_refused(positive, recipe):
     computed = re.findall(r"^shard (\S+): \d+ rows computed", stdout + stderr, re.M)
     reused_dirs = ("iter_000/", "iter_001/data_gen/", "iter_001/judge/")
     assert computed and not [c for c in computed if c.startswith(reused_dirs)], computed
-    positive_judgments = read_jsonl(run_dir / "iter_001/judge/judgments.jsonl")
-    assert read_jsonl(shuffled / "iter_001/judge/judgments.jsonl") == positive_judgments
+    judgments = read_jsonl(shuffled / "iter_001/judge/judgments.jsonl")
+    assert judgments == read_jsonl(run_dir / "iter_001/judge/judgments.jsonl")
     assert read_json(shuffled / "iter_001/judge/stats.json")["verifier"]["control"] == "shuffled"
     pairs = read_jsonl(shuffled / "iter_001/judge/pairs.jsonl")
     assert pairs and all(p["provenance"]["reward"]["shuffled"] for p in pairs)
-    verdicts = {j["response_id"]: j["verdict"]["passed"] for j in read_jsonl(shuffled / "iter_001/judge/judgments.jsonl")}
+    verdicts = {j["response_id"]: j["verdict"]["passed"] for j in judgments}
     # some pairs now prefer a response the verifier fails over one it passes (the real verdicts are on the judgments)
     assert any(not verdicts[p["provenance"]["chosen_id"]] and verdicts[p["provenance"]["rejected_id"]] for p in pairs)
     decision = read_json(shuffled / "iter_001/eval/decision.json")
