@@ -1,8 +1,10 @@
 """Scheduler jobs: one stage of one iteration as a job, and the facts sbatch scripts need about a recipe.
 
 Contract:
-- `python -m selfreward.jobs info RECIPE [key=value ...] [--shell]` validates the recipe as `selfreward validate`
-  does and checks it against the allocation it runs in (the tensor-parallel size must divide the GPUs per node);
+- `python -m selfreward.jobs info RECIPE [key=value ...] [--shell] [--config-only]` validates the recipe as
+  `selfreward validate` does (with --config-only, its form and files only: the checks that need a stage's library,
+  about 5 s of imports, are left to the job's next command, which runs them before anything loads) and checks it
+  against the allocation it runs in (the tensor-parallel size must divide the GPUs per node);
   it prints the git commit and the resolved config; with --shell as `#` comment lines followed by `NAME=value`
   lines (RUN_DIR, RUN_NAME, ITERATIONS, TP, LAUNCH_MODE, ACCELERATE_CONFIG, GPUS_PER_NODE, TRAIN_NODES, COMMIT)
   that a script can `eval`. A mistake is one line and exit code 2; nothing is written.
@@ -27,11 +29,12 @@ from selfreward.exits import IterationEnded
 STAGES = ("baseline", "data_gen", "judge", "train", "eval")
 
 
-def _load(recipe: str, overrides: list[str], offline_hub_ok: bool = False):
+def _load(recipe: str, overrides: list[str], offline_hub_ok: bool = False, library_checks: bool = True):
     from selfreward import config, loop
 
     cfg = config.load(recipe, overrides, offline_hub_ok)
-    loop.check_recipe(cfg, recipe)
+    if library_checks:
+        loop.check_recipe(cfg, recipe)
     return cfg
 
 
@@ -54,7 +57,7 @@ def cmd_info(args) -> int:
     from selfreward.config import dump
 
     with contextlib.redirect_stdout(io.StringIO()):  # what libraries print on import is noise to a script
-        cfg = _load(args.recipe, args.overrides, args.offline_hub_ok)
+        cfg = _load(args.recipe, args.overrides, args.offline_hub_ok, library_checks=not args.config_only)
         check_allocation(cfg)
     facts = {"RUN_DIR": str(Path(os.path.abspath(cfg.run_dir()))), "RUN_NAME": cfg.run.name,
              "ITERATIONS": str(cfg.run.iterations), "TP": str(cfg.model.tensor_parallel_size),
@@ -130,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shell", action="store_true", help="print NAME=value lines for a shell script")
     p.add_argument("--offline-hub-ok", action="store_true",
                    help="a hub id HF_HUB_OFFLINE=1 keeps from being fetched passes on its form (submit.sh --dry-run)")
+    p.add_argument("--config-only", action="store_true",
+                   help="validate the recipe's own form and files, not what needs a stage's library (TRL's "
+                        "DPOConfig, IFEval's checkers, the datasets): for a job whose next command checks those")
     p.set_defaults(fn=cmd_info)
     p = sub.add_parser("stage", help="run one stage of one iteration")
     p.add_argument("recipe")

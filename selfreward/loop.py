@@ -61,17 +61,19 @@ def check_recipe(cfg: Config, origin: str) -> None:
     except capability.CapabilityError as e:
         raise RecipeError(f"{origin}: eval.capability_probes: {e}") from None
 
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            build_dpo_config(cfg, tmp)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"{origin}: train.dpo_overrides: {str(e).splitlines()[0]}") from None
-    _check_datasets(cfg, origin)
     from selfreward import engine
 
     misfit = engine.kv_cache_misfit(cfg.model)
     if misfit:
         raise RecipeError(f"{origin}: model.kv_cache_gib: {misfit}")
+    _check_datasets(cfg, origin)
+    # last: TRL's import (with transformers' and torch's) is most of this check's time, so that a mistake found
+    # above is reported in about a second
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_dpo_config(cfg, tmp)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{origin}: train.dpo_overrides: {str(e).splitlines()[0]}") from None
 
 
 def _check_datasets(cfg: Config, origin: str) -> None:

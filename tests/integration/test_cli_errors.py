@@ -88,3 +88,34 @@ def test_stage_job_before_the_baseline_is_one_line_and_computes_nothing(tmp_path
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and f"run the baseline stage (iteration 0) before {stage}" in lines[0], lines
         assert not (tmp_path / "runs" / "t" / "iter_001").exists()
+
+
+def test_jobs_info_config_only_leaves_the_library_checks_to_the_stage(tmp_path, recipe_data, write_recipe):
+    """What stage.sbatch and loop.sbatch run first: `jobs info --shell --config-only` checks the recipe's form and
+    files in under a second and leaves TRL's DPOConfig to the stage command after it, which must still refuse a
+    bad `train.dpo_overrides` before it loads anything; without --config-only, info refuses it itself."""
+    import subprocess
+    import sys
+
+    def jobs(*args):
+        return subprocess.run([sys.executable, "-m", "selfreward.jobs", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    def one_line_error(out, expected):
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in out.stderr, lines
+
+    recipe_data["train"] = dict(recipe_data.get("train") or {}, betta=0.1)
+    one_line_error(jobs("info", "--shell", "--config-only", write_recipe(tmp_path / "typo.yaml", recipe_data)),
+                   "train.betta: unknown key")
+    del recipe_data["train"]["betta"]
+    recipe_data["train"]["dpo_overrides"] = {"not_a_dpo_arg": 1}
+    bad = write_recipe(tmp_path / "bad.yaml", recipe_data)
+    out = jobs("info", "--shell", "--config-only", bad)
+    assert out.returncode == 0, out.stderr[-2000:]
+    facts = dict(line.split("=", 1) for line in out.stdout.splitlines() if line and not line.startswith("#"))
+    assert facts["RUN_NAME"] == recipe_data["run"]["name"] and facts["ITERATIONS"] == str(recipe_data["run"]["iterations"])
+    one_line_error(jobs("info", "--shell", bad), "train.dpo_overrides:")
+    one_line_error(jobs("stage", bad, "baseline", "0"), "train.dpo_overrides:")
+    assert not (tmp_path / "runs").exists()
