@@ -102,7 +102,9 @@ def test_zero_pairs_end_the_iteration_and_say_why(unchanged_run, small):
 
 
 def _degenerate_pairs(prompts, n=16):
-    ramble = " ".join(["the the same same words words again again"] * 30)
+    # about 90 tokens of repeated words: one epoch on 16 such pairs at a high learning rate makes the model ramble
+    # (measured: repetition rise 0.71 against a bound of 0.1, distinct-2 ratio 0.20 against 0.8); 8 pairs do not
+    ramble = " ".join(["the the same same words words again again"] * 10)
     return [{"prompt": [{"role": "user", "content": prompts[i % len(prompts)]["instruction"]}],
              "chosen": [{"role": "assistant", "content": ramble}],
              "rejected": [{"role": "assistant", "content": "A short, clear and correct answer."}],
@@ -111,8 +113,7 @@ def _degenerate_pairs(prompts, n=16):
 
 def test_candidate_trained_on_degenerate_pairs_is_refused_for_collapse(unchanged_run, small):
     run_dir, _ = unchanged_run
-    cfg = _load(small, "run.name=degenerate", "run.iterations=1", "train.learning_rate=3e-3",
-                "train.num_train_epochs=2", "train.max_length=384")
+    cfg = _load(small, "run.name=degenerate", "run.iterations=1", "train.learning_rate=3e-3")
     new = cfg.run_dir()
     loop.prepare_run_dir(cfg, force=False)
     for part in ("iter_000", "iter_001/lineage.json", "iter_001/data_gen", "iter_001/judge"):
