@@ -49,7 +49,7 @@ def recipe(tmp_path_factory, recipes_dir, write_recipe):
         # a permissive gate (any win rate above 0 is evidence; length and KL guarded) so that M1 is promoted and
         # iteration 2 runs from its adapter: what the gate refuses is tested in tests/integration/test_gate.py
         "eval": {"probes": str(tmp / "probes.jsonl"), "capability_probes": str(tmp / "ifeval.jsonl"),
-                 "max_tokens": 64, "capability_max_tokens": 48, "shard_size": 8,
+                 "max_tokens": 64, "capability_max_tokens": 48, "shard_size": 18,  # one batch of 8 + 10 answers
                  "gate": {"min_win_rate": 0.0, "improvement": ["win_rate"], "guards": ["length", "kl"]}},
     }
     return write_recipe(tmp / "recipe.yaml", data)
