@@ -103,7 +103,8 @@ def test_zero_pairs_end_the_iteration_and_say_why(unchanged_run, small):
 
 def _degenerate_pairs(prompts, n=16):
     # about 90 tokens of repeated words: one epoch on 16 such pairs at a high learning rate makes the model ramble
-    # (measured: repetition rise 0.71 against a bound of 0.1, distinct-2 ratio 0.20 against 0.8); 8 pairs do not
+    # (measured on an Intel Xeon with AMX, bf16: repetition rise 0.71 against a bound of 0.1, distinct-2 ratio 0.20
+    # against 0.8); 8 pairs do not
     ramble = " ".join(["the the same same words words again again"] * 10)
     return [{"prompt": [{"role": "user", "content": prompts[i % len(prompts)]["instruction"]}],
              "chosen": [{"role": "assistant", "content": ramble}],
